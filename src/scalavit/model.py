@@ -1,0 +1,306 @@
+"""The slimmable Vision Transformer: one DeiT whose every width on a grid is a sub-network of its own.
+
+Parameters carry timm's DeiT names, so timm ``deit_*`` state dicts and the authors' Scala checkpoints load as they
+are. ``model(x, width=r)`` runs the sub-network of width ratio r: every layer is sliced to int(r * D) channels (the
+MLP to int(r * 4D)); the number of heads and the attention scale stay those of the full model.
+"""
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .widths import Channels, WidthGrid, scaled, select_channels
+
+
+def _linear(x: torch.Tensor, layer: nn.Linear, rows: slice, columns: slice) -> torch.Tensor:
+    bias = None if layer.bias is None else layer.bias[rows]
+    return F.linear(x, layer.weight[rows, columns], bias)
+
+
+def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, channels: slice) -> torch.Tensor:
+    return F.layer_norm(x, x.shape[-1:], norm.weight[channels], norm.bias[channels], norm.eps)
+
+
+def _classify(x: torch.Tensor, head: nn.Module, columns: slice) -> torch.Tensor:
+    """A classifier reads the width's feature columns and keeps all of its outputs and its whole bias."""
+    if isinstance(head, nn.Identity):
+        return x
+    return F.linear(x, head.weight[:, columns], head.bias)
+
+
+class PatchEmbed(nn.Module):
+    """Image to patch tokens; the convolution's output channels are sliced, its input channels kept."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, embed_dim: int):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.grid_size = (img_size // patch_size, img_size // patch_size)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        proj = self.proj
+        x = F.conv2d(x, proj.weight[channels.embed], proj.bias[channels.embed], stride=proj.stride)
+        return x.flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5  # the full model's, at every width (reference code)
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        B, N, C = x.shape
+        # One contiguous block of 3C rows of the fused matrix, split into q, k, v afterwards (reference code).
+        qkv = _linear(x, self.qkv, channels.qkv, channels.embed)
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        x = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
+        x = x.transpose(1, 2).reshape(B, N, C)
+        return _linear(x, self.proj, channels.embed, channels.embed)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        x = F.gelu(_linear(x, self.fc1, channels.hidden, channels.embed))
+        return _linear(x, self.fc2, channels.embed, channels.hidden)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, norm_eps: float,
+                 attn_drop: float = 0., drop_path: float = 0.):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop)
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        x = x + self.drop_path1(self.attn(_layer_norm(x, self.norm1, channels.embed), channels))
+        x = x + self.drop_path2(self.mlp(_layer_norm(x, self.norm2, channels.embed), channels))
+        return x
+
+
+class SlimmableVisionTransformer(nn.Module):
+    """A DeiT (optionally distilled) that runs at any width ratio on its grid: ``model(x, width=r)``.
+
+    Args:
+        smallest, largest, granularity: the width grid (SPEC section 2).
+        isolated_activation: the smallest and largest widths take the first channels, the others the last ones
+            (Scala); False: every width takes the first channels (US-Net, the "w/o IA" ablation).
+        norm_eps: LayerNorm epsilon. 1e-6 (timm's) makes every width export exactly to a timm model; 1e-5 is what the
+            reference code's sliced norms use and what the authors' checkpoints were trained with.
+        distilled: add DeiT's distillation token and head.
+    """
+
+    def __init__(
+            self,
+            img_size: int = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            embed_dim: int = 384,
+            depth: int = 12,
+            num_heads: int = 6,
+            mlp_ratio: float = 4.,
+            qkv_bias: bool = True,
+            distilled: bool = False,
+            smallest: float = 0.25,
+            largest: float = 1.0,
+            granularity: float = 1 / 16,
+            isolated_activation: bool = True,
+            norm_eps: float = 1e-6,
+            drop_rate: float = 0.,
+            attn_drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+    ):
+        super().__init__()
+        img_size = img_size[0] if isinstance(img_size, (tuple, list)) else img_size
+        self.grid = WidthGrid(smallest, largest, granularity)
+        self.isolated_activation = isolated_activation
+        self.num_classes = num_classes
+        self.embed_dim = self.num_features = embed_dim
+        self.depth = depth
+        self.num_heads = num_heads
+        self.mlp_hidden_dim = int(embed_dim * mlp_ratio)
+        self.distilled = distilled
+        self.num_prefix_tokens = 2 if distilled else 1
+        self._check_heads_divide_widths()
+
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
+        self.pos_drop = nn.Dropout(drop_rate)
+        drop_path_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, attn_drop_rate, drop_path_rates[i])
+            for i in range(depth)
+        ])
+        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if distilled:
+            self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def _check_heads_divide_widths(self):
+        for width in self.grid.widths:
+            dim = scaled(self.embed_dim, width)
+            if dim == 0 or dim % self.num_heads:
+                raise ValueError(
+                    f"width {width} of embed_dim {self.embed_dim} gives {dim} channels, which do not split into "
+                    f"{self.num_heads} heads; choose a grid (smallest, largest, granularity) whose every width times "
+                    f"{self.embed_dim} is a positive multiple of {self.num_heads}")
+
+    def init_weights(self):
+        """timm's ViT initialisation: truncated normal (std .02) linears and position embedding, tiny class token."""
+        trunc_normal_(self.pos_embed, std=.02)
+        nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            trunc_normal_(self.dist_token, std=.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                trunc_normal_(module.weight, std=.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        return self.grid.widths
+
+    def channels(self, width: Optional[float] = None) -> Channels:
+        """The channels ``width`` uses (default: the largest width). Off-grid widths raise ``ValueError``."""
+        width = self.grid.largest if width is None else self.grid.snap(width)
+        return select_channels(self.grid, width, self.embed_dim, self.mlp_hidden_dim, self.isolated_activation)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        return {'pos_embed', 'cls_token', 'dist_token'}
+
+    def get_classifier(self):
+        return (self.head, self.head_dist) if self.distilled else self.head
+
+    def forward_features(self, x: torch.Tensor, width: Optional[float] = None) -> torch.Tensor:
+        return self._features(x, self.channels(width))
+
+    def forward_head(self, x: torch.Tensor, width: Optional[float] = None, pre_logits: bool = False):
+        return self._head(x, self.channels(width), pre_logits)
+
+    def forward(self, x: torch.Tensor, width: Optional[float] = None):
+        channels = self.channels(width)
+        return self._head(self._features(x, channels), channels)
+
+    def _features(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        x = self.patch_embed(x, channels)
+        prefix = [self.cls_token] if self.dist_token is None else [self.cls_token, self.dist_token]
+        prefix = [token[..., channels.embed].expand(x.shape[0], -1, -1) for token in prefix]
+        x = torch.cat(prefix + [x], dim=1) + self.pos_embed[..., channels.embed]
+        x = self.pos_drop(x)
+        for block in self.blocks:
+            x = block(x, channels)
+        return _layer_norm(x, self.norm, channels.embed)
+
+    def _head(self, x: torch.Tensor, channels: Channels, pre_logits: bool = False):
+        """Class logits; a distilled model gives (class, distillation) logits in training, their mean in eval."""
+        if not self.distilled:
+            x = self.head_drop(x[:, 0])
+            return x if pre_logits else _classify(x, self.head, channels.embed)
+        x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        if pre_logits:
+            return (x + x_dist) / 2
+        x, x_dist = _classify(x, self.head, channels.embed), _classify(x_dist, self.head_dist, channels.embed)
+        return (x, x_dist) if self.training else (x + x_dist) / 2
+
+
+# The built-in default: 28x28 grayscale images, 10 classes (Fashion-MNIST); sized by measurement, see the README.
+FASHION_MODEL = 'scala_vit_mini_patch7_28'
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+
+def _cfg(**kwargs) -> dict:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': None,
+        'crop_pct': .9, 'interpolation': 'bicubic', 'fixed_input_size': True,
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'patch_embed.proj', 'classifier': 'head', 'license': 'mit',
+        **kwargs,
+    }
+
+
+_DISTILLED = dict(classifier=('head', 'head_dist'))
+default_cfgs = generate_default_cfgs({
+    'scala_deit_tiny_patch16_224': _cfg(),
+    'scala_deit_small_patch16_224': _cfg(),
+    'scala_deit_base_patch16_224': _cfg(),
+    'scala_deit_tiny_distilled_patch16_224': _cfg(**_DISTILLED),
+    'scala_deit_small_distilled_patch16_224': _cfg(**_DISTILLED),
+    'scala_deit_base_distilled_patch16_224': _cfg(**_DISTILLED),
+    FASHION_MODEL: _cfg(
+        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation='bilinear',
+        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    """Weights load only from a local file: ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``."""
+    return build_model_with_cfg(SlimmableVisionTransformer, variant, pretrained, **kwargs)
+
+
+@register_model
+def scala_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3)
+    return _create('scala_deit_tiny_patch16_224', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)
+    return _create('scala_deit_small_patch16_224', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    return _create('scala_deit_base_patch16_224', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_deit_tiny_distilled_patch16_224(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    model_args = dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, distilled=True)
+    return _create('scala_deit_tiny_distilled_patch16_224', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_deit_small_distilled_patch16_224(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    model_args = dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, distilled=True)
+    return _create('scala_deit_small_distilled_patch16_224', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_deit_base_distilled_patch16_224(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    model_args = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, distilled=True)
+    return _create('scala_deit_base_distilled_patch16_224', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_vit_mini_patch7_28(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    """For 28x28 grayscale images: 16 patches of 7x7, width 96, 3 heads, depth 6."""
+    model_args = dict(patch_size=7, embed_dim=96, depth=6, num_heads=3)
+    return _create('scala_vit_mini_patch7_28', pretrained, **dict(model_args, **kwargs))

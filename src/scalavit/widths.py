@@ -1,0 +1,80 @@
+"""The width grid, and which channels each width uses (Isolated Activation)."""
+from dataclasses import dataclass
+from typing import NamedTuple
+
+# Widths are multiples of the granularity; comparing them with this tolerance absorbs float noise such as 0.1 + 0.2.
+_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class WidthGrid:
+    """The width ratios a slimmable network is trained for: ``smallest``, ``smallest + granularity``, ... ``largest``."""
+
+    smallest: float = 0.25
+    largest: float = 1.0
+    granularity: float = 1 / 16
+
+    def __post_init__(self):
+        if not 0 < self.smallest <= self.largest <= 1:
+            raise ValueError(
+                f"width grid needs 0 < smallest <= largest <= 1, got smallest={self.smallest}, largest={self.largest}")
+        if self.granularity <= 0:
+            raise ValueError(f"granularity must be positive, got {self.granularity}")
+        steps = (self.largest - self.smallest) / self.granularity
+        if abs(steps - round(steps)) > _TOLERANCE:
+            raise ValueError(
+                f"largest - smallest ({self.largest} - {self.smallest}) is not a whole number of granularity steps "
+                f"({self.granularity}); choose a granularity that divides it, e.g. 1/16, 1/8 or 1/4")
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        steps = round((self.largest - self.smallest) / self.granularity)
+        return tuple(round(self.smallest + i * self.granularity, 10) for i in range(steps + 1))
+
+    def snap(self, width: float) -> float:
+        """The grid width equal to ``width``; a width off the grid raises ``ValueError``."""
+        for candidate in self.widths:
+            if abs(candidate - width) <= _TOLERANCE:
+                return candidate
+        raise ValueError(
+            f"width {width} is not on this model's grid; valid widths are {list(self.widths)}. "
+            "Off-grid widths were never trained and give near-chance accuracy.")
+
+    def is_extreme(self, width: float) -> bool:
+        return abs(width - self.smallest) <= _TOLERANCE or abs(width - self.largest) <= _TOLERANCE
+
+
+class Channels(NamedTuple):
+    """The channels one width uses in each sliced dimension of the network."""
+
+    embed: slice  # of the embedding width D: tokens, norms, attention and MLP outputs, the head's inputs
+    qkv: slice  # one block of rows of the fused [3D, D] qkv matrix
+    hidden: slice  # of the MLP's hidden width
+    dim: int  # number of embedding channels, int(r * D)
+
+
+def scaled(size: int, width: float) -> int:
+    """int(width * size), robust to float noise (0.29 * 100 is 28.999999999999996)."""
+    return int(width * size + _TOLERANCE)
+
+
+def _take(count: int, from_end: bool) -> slice:
+    return slice(-count, None) if from_end else slice(0, count)
+
+
+def select_channels(grid: WidthGrid, width: float, embed_dim: int, hidden_dim: int,
+                    isolated_activation: bool = True) -> Channels:
+    """The channels width ``width`` uses, following the reference code's Isolated Activation.
+
+    With isolated activation the smallest and largest widths take the first channels of every sliced dimension and
+    every intermediate width takes the last ones, so the smallest network shares no weights with the intermediate
+    ones. Without it every width takes the first channels (US-Net).
+    """
+    from_end = isolated_activation and not grid.is_extreme(width)
+    dim = scaled(embed_dim, width)
+    return Channels(
+        embed=_take(dim, from_end),
+        qkv=_take(3 * dim, from_end),
+        hidden=_take(scaled(hidden_dim, width), from_end),
+        dim=dim,
+    )
