@@ -301,6 +301,6 @@ def scala_deit_base_distilled_patch16_224(pretrained: bool = False, **kwargs) ->
 
 @register_model
 def scala_vit_mini_patch7_28(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
-    """For 28x28 grayscale images: 16 patches of 7x7, width 96, 3 heads, depth 6."""
-    model_args = dict(patch_size=7, embed_dim=96, depth=6, num_heads=3)
+    """For 28x28 grayscale images: 16 patches of 7x7, width 96, 3 heads, depth 4."""
+    model_args = dict(patch_size=7, embed_dim=96, depth=4, num_heads=3)
     return _create('scala_vit_mini_patch7_28', pretrained, **dict(model_args, **kwargs))

@@ -2,6 +2,8 @@
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
+
 # Widths are multiples of the granularity; comparing them with this tolerance absorbs float noise such as 0.1 + 0.2.
 _TOLERANCE = 1e-6
 
@@ -42,6 +44,31 @@ class WidthGrid:
 
     def is_extreme(self, width: float) -> bool:
         return abs(width - self.smallest) <= _TOLERANCE or abs(width - self.largest) <= _TOLERANCE
+
+    @property
+    def intermediate(self) -> tuple[float, ...]:
+        return self.widths[1:-1]
+
+    def stable_bins(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Stable Sampling's bins, split at the middle m = (s + l) / 2 as the reference code does: [m, l) and (s, m).
+
+        A grid with a single intermediate width (granularity (l - s) / 2) uses it in both bins.
+        """
+        middle = (self.smallest + self.largest) / 2
+        upper = tuple(w for w in self.intermediate if w >= middle - _TOLERANCE)
+        lower = tuple(w for w in self.intermediate if w < middle - _TOLERANCE)
+        if not self.intermediate:
+            raise ValueError(f"grid {list(self.widths)} has no intermediate width to sample; use a finer granularity")
+        return upper or lower, lower or upper
+
+    def sample(self, generator: torch.Generator, stable: bool = True) -> tuple[float, float]:
+        """Two intermediate widths, larger first: one from each Stable Sampling bin, or both uniformly ("w/o SS")."""
+        if stable:
+            upper, lower = self.stable_bins()
+        else:
+            upper = lower = self.intermediate
+        high, low = (bin_[int(torch.randint(len(bin_), (1,), generator=generator))] for bin_ in (upper, lower))
+        return max(high, low), min(high, low)
 
 
 class Channels(NamedTuple):
