@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from scalavit import WidthGrid, select_channels
 
@@ -45,3 +46,32 @@ def test_largest_below_one_still_takes_the_first_channels():
     grid = WidthGrid(0.25, 0.75, 0.125)
     assert select_channels(grid, 0.75, 384, 1536).embed == slice(0, 288)
     assert select_channels(grid, 0.625, 384, 1536).embed == slice(-240, None)
+
+
+def test_stable_sampling_bins_follow_the_reference_code():
+    upper, lower = WidthGrid().stable_bins()
+    assert upper == (0.625, 0.6875, 0.75, 0.8125, 0.875, 0.9375)
+    assert lower == (0.3125, 0.375, 0.4375, 0.5, 0.5625)
+
+
+def test_granularity_a_quarter_always_trains_a_half_and_three_quarters():
+    grid = WidthGrid(granularity=0.25)
+    generator = torch.Generator().manual_seed(0)
+    assert {grid.sample(generator) for _ in range(20)} == {(0.75, 0.5)}
+
+
+def test_stable_sampling_draws_every_width_of_each_bin_and_uniform_sampling_mixes_them():
+    grid = WidthGrid()
+    generator = torch.Generator().manual_seed(0)
+    draws = [grid.sample(generator) for _ in range(600)]
+    upper, lower = grid.stable_bins()
+    assert {high for high, _ in draws} == set(upper)
+    assert {low for _, low in draws} == set(lower)
+    uniform = [grid.sample(generator, stable=False) for _ in range(600)]
+    assert all(high >= low for high, low in uniform)
+    assert any(low >= 0.625 for _, low in uniform) and any(high < 0.625 for high, _ in uniform)
+
+
+def test_a_grid_with_no_intermediate_width_cannot_be_sampled():
+    with pytest.raises(ValueError, match='no intermediate width'):
+        WidthGrid(granularity=0.75).sample(torch.Generator())

@@ -1,13 +1,99 @@
 """``scalavit <command>``: the command-line interface."""
 import argparse
+import dataclasses
 import sys
+import typing
+from fractions import Fraction
+from pathlib import Path
 
 import timm
 import torch
+import yaml
 
 from . import model as _registered_models  # noqa: F401  (registers the scala_* models with timm)
 from .evaluate import count_macs, count_params, median_ms, time_call
 from .model import FASHION_MODEL
+from .train import TrainConfig, load_checkpoint, train, width_key
+
+_HELP = {
+    'method': 'scala, usnet (US-Net baseline) or separate (one ordinary model of --width)',
+    'model': 'a scala_* timm model name', 'data': "'fashion-mnist' or an image folder with train/ and val/",
+    'output': 'run directory: config.json, log.jsonl, log.csv, last.pt, best.pt',
+    'max_steps': 'stop after this many optimizer steps (smoke runs)', 'batch_size': 'images per process and step',
+    'teacher': 'full-width checkpoint (e.g. from --method separate --width 1.0) for hard distillation',
+    'granularity': 'step between widths, e.g. 1/16', 'width': 'separate: the width ratio of the model',
+    'isolated_activation': 'Isolated Activation (--no-isolated-activation: the ablation)',
+    'transfer': 'progressive (l -> m_hi -> m_lo -> s) or full (the full width teaches all)',
+    'sampling': 'stable (Stable Sampling) or uniform', 'noise_calibration': 'ground-truth CE for the smaller widths',
+    'full_warmup_epochs': 'first epochs train only the full width, at half the learning rate',
+    'amp': 'none, fp16 or bf16 (CUDA only)', 'eval_widths': 'widths evaluated after each epoch (all after the last)',
+    'auto_augment': "timm RandAugment string, or 'none'", 'clip_grad': 'clip the gradient norm to this value',
+}
+
+
+def _number(text: str) -> float:
+    """A float or a fraction such as 1/16."""
+    try:
+        return float(Fraction(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/16")
+
+
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field; options left out keep the --config file's value, then the default."""
+    hints = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        flag, hint = '--' + field.name.replace('_', '-'), hints[field.name]
+        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        default = field.default if field.default is not dataclasses.MISSING else None
+        help_text = f"{_HELP.get(field.name, '')} (default: {default})".strip()
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        elif typing.get_origin(kind) in (tuple, list):
+            nargs = 2 if typing.get_origin(kind) is tuple else '+'
+            parser.add_argument(flag, type=_number, nargs=nargs, help=help_text)
+        else:
+            parser.add_argument(flag, type=_number if kind is float else kind, help=help_text)
+    parser.add_argument('--config', type=Path, help='YAML file whose keys set the options above (the command line wins)')
+    parser.add_argument('--resume', help='continue the run in this directory (or from this last.pt)')
+
+
+def _read_config_file(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"--config {path}: no such file")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"--config {path}: expected a mapping of option names to values")
+    values = {key.replace('-', '_'): value for key, value in values.items()}
+    known = {field.name for field in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"--config {path}: unknown option(s) {', '.join(unknown)}; see `scalavit train --help`")
+    if isinstance(values.get('granularity'), str):
+        values['granularity'] = float(Fraction(values['granularity']))
+    return values
+
+
+def _train(args: argparse.Namespace) -> None:
+    options = {k: v for k, v in vars(args).items() if k not in ('command', 'run', 'config', 'resume')}
+    if options.get('auto_augment') == 'none':
+        options['auto_augment'] = None
+    values = {}
+    if args.resume:
+        values = load_checkpoint(args.resume)['config']
+        values['output'] = str(Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent)
+    if args.config:
+        values.update(_read_config_file(args.config))
+    values.update(options)
+    row = train(TrainConfig(**values), resume=args.resume)
+    if not row:
+        print("nothing to train: the run has already reached --epochs")
+        return
+    print(f"\ntest top-1 after epoch {row['epoch']} (step {row['step']}):")
+    for key, value in row.items():
+        if key.startswith('top1@'):
+            print(f"  width {key[5:]:>7}  {value:6.2f}%")
+    print(f"checkpoints and logs in {values.get('output', TrainConfig.output)}")
 
 
 def _widths(args: argparse.Namespace) -> None:
@@ -40,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     widths.add_argument('--granularity', type=float, default=1 / 16)
     widths.add_argument('--repeats', type=int, default=20, help='timed batch-1 calls per width')
     widths.set_defaults(run=_widths)
+
+    training = commands.add_parser(
+        'train', help='train a slimmable ViT with Scala, US-Net or Separate Training',
+        description='Train with Scala (default), the US-Net baseline or Separate Training. With no options: the '
+                    'built-in default, Scala on Fashion-MNIST.', argument_default=argparse.SUPPRESS)
+    _add_train_options(training)
+    training.set_defaults(run=_train, config=None, resume=None)
     return parser
 
 
@@ -47,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"scalavit {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -7,6 +7,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 from PIL import Image
+from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
@@ -123,3 +124,31 @@ def _has_image_header(path: str) -> bool:
             return True
     except (OSError, SyntaxError, ValueError):
         return False
+
+
+def build_transform(data_config: dict, train: bool, auto_augment: Optional[str] = None, re_prob: float = 0.,
+                    scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5) -> Callable:
+    """timm's ImageNet transforms (random resized crop, flip, RandAugment, random erasing) at the model's input size,
+    mean and std; evaluation: resize and centre crop."""
+    return create_transform(
+        data_config['input_size'], is_training=train, scale=scale, hflip=hflip, auto_augment=auto_augment,
+        re_prob=re_prob, interpolation=data_config['interpolation'], mean=data_config['mean'],
+        std=data_config['std'], crop_pct=data_config['crop_pct'])
+
+
+def build_datasets(data: str, train_transform: Callable, eval_transform: Callable,
+                   in_chans: int) -> tuple[Dataset, Dataset, list[str]]:
+    """Training set, evaluation set and class names of ``fashion-mnist`` or an image folder with train/ and val/."""
+    if data == 'fashion-mnist':
+        train_set = FashionMNIST('train', train_transform)
+        return train_set, FashionMNIST('test', eval_transform), list(FashionMNIST.classes)
+    root = Path(data)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"--data {data}: no such folder; give 'fashion-mnist' or an image folder with train/<class>/ and val/<class>/")
+    train_set = image_folder(root / 'train', train_transform, in_chans)
+    eval_set = image_folder(root / 'val', eval_transform, in_chans)
+    if train_set.classes != eval_set.classes:
+        raise ValueError(f"{root}/train and {root}/val have different classes: "
+                         f"{sorted(set(train_set.classes) ^ set(eval_set.classes))[:5]} are in only one of them")
+    return train_set, eval_set, train_set.classes

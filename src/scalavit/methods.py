@@ -83,19 +83,17 @@ class USNet:
 
 @dataclass
 class Separate:
-    """Separate Training: one ordinary network trained at its only width, as DeiT trains."""
-
-    width: float = 1.0
+    """Separate Training: one ordinary network, trained as DeiT trains (its only width is its full width)."""
 
     def lr_scale(self, epoch: int) -> float:
         return 1.0
 
     def step(self, run: Run, target: torch.Tensor, epoch: int, generator: torch.Generator,
              teacher_logits: Optional[torch.Tensor] = None) -> dict[str, float]:
-        return _run_full(run, self.width, target, teacher_logits, last=True)[1]
+        return _run_full(run, None, target, teacher_logits, last=True)[1]
 
 
-def _run_full(run: Run, width: float, target: torch.Tensor, teacher_logits: Optional[torch.Tensor],
+def _run_full(run: Run, width: Optional[float], target: torch.Tensor, teacher_logits: Optional[torch.Tensor],
               last: bool) -> tuple[Logits, dict[str, float]]:
     output, loss = run(width, lambda out: full_network_loss(out, target, teacher_logits), last)
     return output, {'loss_full': loss}

@@ -1,0 +1,498 @@
+"""The training loop: data, optimizer, schedule, mixed precision, DistributedDataParallel, checkpoints and logs.
+
+One process per device; ``torchrun --nproc_per_node=N -m scalavit train ...`` runs N of them. ``--batch-size`` is per
+process. Every rank draws the same sub-network widths at every step (one generator, seeded alike), so the
+all-reduced gradient is the gradient of the whole global batch.
+"""
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import timm
+import torch
+import torch.distributed as dist
+from timm.data import Mixup, resolve_data_config
+from timm.data.mixup import mixup_target
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
+from .losses import Logits
+from .methods import Scala, Separate, USNet
+from .model import FASHION_MODEL, SlimmableVisionTransformer
+from .widths import WidthGrid, scaled
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``scalavit train``; the defaults are scaled for the built-in Fashion-MNIST (see README)."""
+
+    method: str = 'scala'  # scala | usnet | separate
+    model: str = FASHION_MODEL
+    data: str = 'fashion-mnist'
+    output: str = 'runs/scala'
+    epochs: int = 6
+    max_steps: Optional[int] = None
+    batch_size: int = 128
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    warmup_epochs: int = 1
+    weight_decay: float = 0.05
+    clip_grad: Optional[float] = None
+    # the width grid and the method's switches
+    smallest: float = 0.25
+    largest: float = 1.0
+    granularity: float = 1 / 16
+    width: float = 1.0  # separate: the width of the one model
+    isolated_activation: bool = True
+    transfer: str = 'progressive'
+    sampling: str = 'stable'
+    noise_calibration: bool = True
+    full_warmup_epochs: int = 1
+    teacher: Optional[str] = None
+    # DeiT's recipe, from timm
+    mixup: float = 0.2
+    cutmix: float = 0.0
+    smoothing: float = 0.1
+    auto_augment: Optional[str] = 'rand-m1-mstd0.5-inc1'
+    reprob: float = 0.25
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    hflip: float = 0.5
+    drop_path: float = 0.0
+    # running
+    device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
+    amp: str = 'none'  # none | fp16 | bf16 (CUDA only)
+    workers: int = 1
+    seed: int = 0
+    eval_widths: Optional[list[float]] = None  # evaluated after every epoch; every width after the last one
+
+    def __post_init__(self):
+        choices = dict(method=('scala', 'usnet', 'separate'), amp=('none', 'fp16', 'bf16'),
+                       transfer=('progressive', 'full'), sampling=('stable', 'uniform'))
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.amp != 'none' and not self.device.startswith('cuda'):
+            raise ValueError(f"--amp {self.amp} needs a CUDA device (this run is on {self.device}): mixed precision "
+                             "on a CPU is far slower than fp32. Use --amp none")
+        if self.batch_size < 2 or (self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0)):
+            raise ValueError(f"--batch-size {self.batch_size}: Mixup/CutMix need an even batch size of at least 2")
+        self.crop_scale = tuple(self.crop_scale)
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Distributed:
+    """torchrun's environment: NCCL on CUDA, gloo on the CPU."""
+    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
+        return Distributed()
+    ddp = Distributed(int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ['LOCAL_RANK']))
+    if device.startswith('cuda'):
+        torch.cuda.set_device(ddp.local_rank)
+    dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
+    return ddp
+
+
+def build_method(config: TrainConfig):
+    grid = WidthGrid(config.smallest, config.largest, config.granularity)
+    if config.method == 'scala':
+        return Scala(grid, config.transfer, config.sampling, config.noise_calibration, config.full_warmup_epochs)
+    if config.method == 'usnet':
+        return USNet(grid)
+    return Separate()
+
+
+def model_kwargs(config: TrainConfig, num_classes: int, full_embed_dim: int) -> dict[str, Any]:
+    """What ``timm.create_model(config.model, **kwargs)`` needs to rebuild the trained network."""
+    kwargs = dict(num_classes=num_classes, drop_path_rate=config.drop_path, smallest=config.smallest,
+                  largest=config.largest, granularity=config.granularity,
+                  isolated_activation=config.isolated_activation and config.method == 'scala')
+    if config.method == 'separate':
+        # An ordinary model of width r: the architecture at int(r * D) channels, with a grid of one width.
+        WidthGrid(config.smallest, config.largest, config.granularity).snap(config.width)
+        kwargs.update(embed_dim=scaled(full_embed_dim, config.width), smallest=1.0, largest=1.0,
+                      isolated_activation=False)
+    return kwargs
+
+
+def load_checkpoint(path: str, map_location='cpu') -> dict:
+    path = Path(path)
+    if path.is_dir():
+        path = path / 'last.pt'
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({error})") from error
+    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'config' not in checkpoint:
+        raise ValueError(f"{path} is not a scalavit training checkpoint (expected the keys 'model' and 'config')")
+    return checkpoint
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Strict loading with a message that names the first parameter that does not fit."""
+    own = model.state_dict()
+    for name, tensor in state_dict.items():
+        if name not in own:
+            raise ValueError(f"{source}: parameter {name} does not exist in {type(model).__name__}; "
+                             "the checkpoint is of another architecture")
+        if own[name].shape != tensor.shape:
+            raise ValueError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the model expects "
+                             f"{tuple(own[name].shape)}; the checkpoint is of another architecture or width")
+    missing = [name for name in own if name not in state_dict]
+    if missing:
+        raise ValueError(f"{source}: parameter {missing[0]} is missing ({len(missing)} in all); "
+                         "the checkpoint is of another architecture")
+    model.load_state_dict(state_dict)
+
+
+def build_model_from_checkpoint(checkpoint: dict, source: str) -> SlimmableVisionTransformer:
+    model = timm.create_model(checkpoint['config']['model'], **checkpoint['model_kwargs'])
+    load_weights(model, checkpoint['model'], source)
+    return model
+
+
+def load_teacher(path: str, student: SlimmableVisionTransformer, device: str) -> SlimmableVisionTransformer:
+    checkpoint = load_checkpoint(path)
+    teacher = build_model_from_checkpoint(checkpoint, f"teacher {path}")
+    if teacher.num_classes != student.num_classes:
+        raise ValueError(f"teacher {path} predicts {teacher.num_classes} classes, the student {student.num_classes}")
+    if teacher.pretrained_cfg['input_size'] != student.pretrained_cfg['input_size']:
+        raise ValueError(f"teacher {path} takes inputs of {teacher.pretrained_cfg['input_size']}, the student "
+                         f"{student.pretrained_cfg['input_size']}")
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def save_atomically(obj: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    tmp = path.with_name(f'.{path.name}.tmp')
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def random_states() -> dict:
+    states = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    if torch.cuda.is_available():
+        states['cuda'] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_random_states(states: dict) -> None:
+    random.setstate(states['python'])
+    np.random.set_state(states['numpy'])
+    torch.set_rng_state(states['torch'])
+    if 'cuda' in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states['cuda'])
+
+
+class SubNetworkPasses:
+    """``run(width, loss_fn, last)`` for the methods: one sub-network's forward and backward on the step's batch.
+
+    Gradients accumulate across passes; under DDP they are all-reduced only on the last pass of the step.
+    """
+
+    def __init__(self, model: torch.nn.Module, images: torch.Tensor, autocast, scaler):
+        self.model, self.images, self.autocast, self.scaler = model, images, autocast, scaler
+
+    def __call__(self, width: float, loss_fn, last: bool) -> tuple[Logits, torch.Tensor]:
+        no_sync = self.model.no_sync if isinstance(self.model, DistributedDataParallel) and not last else None
+        with no_sync() if no_sync else contextlib.nullcontext():
+            with self.autocast():
+                output = self.model(self.images, width)
+                loss = loss_fn(output)
+            self.scaler.scale(loss).backward()
+        output = tuple(o.detach() for o in output) if isinstance(output, tuple) else output.detach()
+        return output, loss.detach()
+
+
+class Logger:
+    """One JSON line per epoch in log.jsonl and the same figures in log.csv (rank 0 only)."""
+
+    def __init__(self, output: Path, columns: list[str]):
+        self.jsonl, self.csv, self.columns = output / 'log.jsonl', output / 'log.csv', columns
+        if not self.csv.exists():
+            with open(self.csv, 'w', newline='') as f:
+                csv.writer(f).writerow(columns)
+
+    def log(self, row: dict) -> None:
+        with open(self.jsonl, 'a') as f:
+            f.write(json.dumps(row) + '\n')
+        with open(self.csv, 'a', newline='') as f:
+            csv.writer(f).writerow([row.get(column, '') for column in self.columns])
+
+
+def width_key(width: float) -> str:
+    return f'top1@{width:g}'
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: Optional[str] = None):
+        self.config = config
+        self.ddp = setup_distributed(config.device)
+        self.device = torch.device(f'cuda:{self.ddp.local_rank}' if config.device == 'cuda' and self.ddp.enabled
+                                   else config.device)
+        self.output = Path(config.output)
+        resume_checkpoint = self._check_output_and_resume(resume)
+        self._seed(config.seed)
+
+        self.method = build_method(config)
+        probe = timm.create_model(config.model)
+        data_config = resolve_data_config(model=probe)
+        train_transform = build_transform(data_config, True, config.auto_augment, config.reprob, config.crop_scale,
+                                          config.hflip)
+        eval_transform = build_transform(data_config, False)
+        train_set, eval_set, self.classes = build_datasets(
+            config.data, train_transform, eval_transform, data_config['input_size'][0])
+        self.model_kwargs = model_kwargs(config, len(self.classes), probe.embed_dim)
+        self.model = timm.create_model(config.model, **self.model_kwargs).to(self.device)
+        self.teacher = load_teacher(config.teacher, self.model, self.device) if config.teacher else None
+        self.train_loader, self.eval_loader = self._loaders(train_set, eval_set)
+        self.steps_per_epoch = len(self.train_loader)
+
+        self.optimizer = create_optimizer_v2(self.model, 'adamw', lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, 'cosine', num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+            min_lr=config.min_lr, warmup_lr=config.min_lr, step_on_epochs=False,
+            updates_per_epoch=self.steps_per_epoch)
+        amp_dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(config.amp)
+        self.autocast = (lambda: torch.autocast('cuda', dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler('cuda', enabled=config.amp == 'fp16')
+        self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
+                           num_classes=len(self.classes)) if config.mixup > 0 or config.cutmix > 0 else None
+        self.width_generator = torch.Generator().manual_seed(config.seed)
+        self.epoch, self.step, self.best = 0, 0, -1.0
+        if resume_checkpoint is not None:
+            self._restore(resume_checkpoint)
+        self.train_model = self.model
+        if self.ddp.enabled:
+            ids = [self.device.index] if self.device.type == 'cuda' else None
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=self.model.distilled and self.teacher is None)
+
+    # set-up
+
+    def _check_output_and_resume(self, resume: Optional[str]) -> Optional[dict]:
+        if resume:
+            return load_checkpoint(resume)
+        if (self.output / 'last.pt').exists():
+            raise FileExistsError(f"{self.output} already holds a run (last.pt); continue it with --resume "
+                                  f"{self.output}, or choose another --output")
+        return None
+
+    def _seed(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _loaders(self, train_set, eval_set) -> tuple[DataLoader, DataLoader]:
+        config, ddp = self.config, self.ddp
+        sampler = DistributedSampler(train_set, ddp.world_size, ddp.rank, shuffle=True, seed=config.seed,
+                                     drop_last=True) if ddp.enabled else None
+        common = dict(num_workers=config.workers, pin_memory=self.device.type == 'cuda', collate_fn=collate_readable,
+                      persistent_workers=False)
+        train_loader = DataLoader(SkipUnreadable(train_set), config.batch_size, shuffle=sampler is None,
+                                  sampler=sampler, drop_last=True, **common)
+        if len(train_loader) == 0:
+            raise ValueError(f"the training set has {len(train_set)} images, fewer than one batch of "
+                             f"{config.batch_size} per process; lower --batch-size")
+        # Each rank evaluates its own shard; counts are summed across ranks.
+        shard = Subset(eval_set, range(ddp.rank, len(eval_set), ddp.world_size))
+        eval_loader = DataLoader(SkipUnreadable(shard), config.batch_size * 2, shuffle=False, **common)
+        return train_loader, eval_loader
+
+    def _restore(self, checkpoint: dict) -> None:
+        saved = checkpoint['config']
+        for name in ('model', 'method'):
+            if saved[name] != getattr(self.config, name):
+                raise ValueError(f"--resume: the checkpoint was trained with --{name} {saved[name]}, this run asks "
+                                 f"for {getattr(self.config, name)}")
+        load_weights(self.model, checkpoint['model'], 'resume checkpoint')
+        self.optimizer.load_state_dict(checkpoint['optimizer'])
+        self.scheduler.load_state_dict(checkpoint['scheduler'])
+        self.scaler.load_state_dict(checkpoint['scaler'])
+        self.epoch, self.step, self.best = checkpoint['epoch'], checkpoint['step'], checkpoint['best']
+        self.width_generator.set_state(checkpoint['random_states']['widths'])
+        set_random_states(checkpoint['random_states'])
+
+    # the loop
+
+    def fit(self) -> dict:
+        config = self.config
+        if self.ddp.is_main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            (self.output / 'config.json').write_text(json.dumps(dataclasses.asdict(config), indent=2) + '\n')
+        logger = Logger(self.output, self._log_columns()) if self.ddp.is_main else None
+        row = {}
+        while self.epoch < config.epochs and not self._out_of_steps():
+            row = self._train_epoch()
+            last = self.epoch + 1 == config.epochs or self._out_of_steps()
+            widths = self.model.widths if last else self._eval_widths()
+            row.update(self.evaluate(widths))
+            self.epoch += 1
+            row['epoch'] = self.epoch
+            score = float(np.mean([row[width_key(w)] for w in widths]))
+            if self.ddp.enabled:
+                row['ranks_in_sync'] = self._replicas_identical()
+                if not row['ranks_in_sync']:
+                    raise RuntimeError(f"after epoch {self.epoch} the {self.ddp.world_size} processes hold different "
+                                       "weights; DistributedDataParallel did not keep them in step")
+            if self.ddp.is_main:
+                self._save(score, widths)
+                logger.log(row)
+        if self.ddp.enabled:
+            dist.destroy_process_group()
+        return row
+
+    def _out_of_steps(self) -> bool:
+        return self.config.max_steps is not None and self.step >= self.config.max_steps
+
+    def _eval_widths(self) -> list[float]:
+        if self.config.eval_widths:
+            return [self.model.grid.snap(w) for w in self.config.eval_widths]
+        grid = self.model.grid
+        quarter_points = {min(grid.widths, key=lambda w: abs(w - q)) for q in (0.25, 0.5, 0.75, 1.0)}
+        return sorted(quarter_points | {grid.smallest, grid.largest})
+
+    def _log_columns(self) -> list[str]:
+        losses = {'scala': ['full', 'upper', 'lower', 'smallest'], 'usnet': ['full', 'random1', 'random2', 'smallest'],
+                  'separate': ['full']}[self.config.method]
+        return (['epoch', 'step', 'lr'] + [f'loss_{name}' for name in losses]
+                + [width_key(w) for w in self.model.widths] + ['skipped_images', 'images_per_s', 'time_s', 'ranks_in_sync'])
+
+    def _train_epoch(self) -> dict:
+        config, model = self.config, self.train_model
+        model.train()
+        if isinstance(self.train_loader.sampler, DistributedSampler):
+            self.train_loader.sampler.set_epoch(self.epoch)
+        totals, count, skipped, start = {}, 0, 0, time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{config.epochs}", disable=not self.ddp.is_main,
+                   dynamic_ncols=True, leave=True)
+        for images, targets, dropped in bar:
+            skipped += dropped
+            if images is None or len(images) < 2:
+                continue
+            losses = self._train_step(images, targets)
+            for name, value in losses.items():
+                if name.startswith('loss_'):
+                    totals[name] = totals.get(name, 0.0) + float(value)
+            count += 1
+            rate = count * len(images) * self.ddp.world_size / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{float(losses['loss_full']):.3f}", img_s=f"{rate:.0f}", refresh=False)
+            if self._out_of_steps():
+                break
+        bar.close()
+        elapsed = time.perf_counter() - start
+        skipped = self._sum_across_ranks(skipped)
+        return dict(step=self.step, lr=self.optimizer.param_groups[0]['lr'],
+                    **{name: total / max(count, 1) for name, total in totals.items()},
+                    skipped_images=int(skipped), images_per_s=round(rate if count else 0.0, 1),
+                    time_s=round(elapsed, 1))
+
+    def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict:
+        config = self.config
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.mixup is not None:
+            if len(images) % 2:  # a skipped unreadable image left an odd batch; Mixup pairs images up
+                images, targets = images[:-1], targets[:-1]
+            images, targets = self.mixup(images, targets)
+        else:
+            targets = mixup_target(targets, len(self.classes), smoothing=config.smoothing)
+        self.scheduler.step_update(self.step)
+        for group in self.optimizer.param_groups:
+            group['lr'] *= self.method.lr_scale(self.epoch)
+        teacher_logits = None
+        if self.teacher is not None:
+            with torch.no_grad(), self.autocast():
+                teacher_logits = self.teacher(images)
+        self.optimizer.zero_grad(set_to_none=True)
+        run = SubNetworkPasses(self.train_model, images, self.autocast, self.scaler)
+        losses = self.method.step(run, targets, self.epoch, self.width_generator, teacher_logits)
+        if config.clip_grad:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        if not math.isfinite(float(losses['loss_full'])):
+            raise FloatingPointError(f"loss is {float(losses['loss_full'])} at step {self.step}; lower --lr "
+                                     "or enable --clip-grad")
+        return losses
+
+    @torch.no_grad()
+    def evaluate(self, widths) -> dict:
+        """Top-1 (%) of every width in ``widths``; each batch is decoded once and run through all of them."""
+        model = self.model.eval()
+        correct = torch.zeros(len(widths), dtype=torch.float64)
+        total = 0
+        for images, targets, _ in self.eval_loader:
+            if images is None:
+                continue
+            images, targets = images.to(self.device), targets.to(self.device)
+            with self.autocast():
+                for i, width in enumerate(widths):
+                    correct[i] += (model(images, width).argmax(-1) == targets).sum().item()
+            total += len(targets)
+        correct, total = self._sum_across_ranks(correct), self._sum_across_ranks(total)
+        return {width_key(w): round(100 * float(c) / max(total, 1), 2) for w, c in zip(widths, correct)}
+
+    def _sum_across_ranks(self, value):
+        if not self.ddp.enabled:
+            return value
+        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.device if self.device.type == 'cuda'
+                                 else 'cpu').clone()
+        dist.all_reduce(tensor)
+        return tensor.cpu() if tensor.dim() else tensor.item()
+
+    def _replicas_identical(self) -> bool:
+        """Whether every rank ends with the same weights (DDP's invariant, checked once at the end)."""
+        flat = torch.cat([p.detach().reshape(-1).double() for p in self.model.parameters()])
+        position_weights = torch.arange(len(flat), device=flat.device) % 7919 + 1
+        checksum = torch.stack([flat.sum(), (flat * position_weights).sum()])
+        gathered = [torch.zeros_like(checksum) for _ in range(self.ddp.world_size)]
+        dist.all_gather(gathered, checksum)
+        return all(torch.equal(gathered[0], other) for other in gathered[1:])
+
+    def _save(self, score: float, widths) -> None:
+        checkpoint = dict(
+            model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+            epoch=self.epoch, step=self.step, best=max(self.best, score),
+            config=dataclasses.asdict(self.config), model_kwargs=self.model_kwargs, classes=self.classes,
+            random_states=dict(random_states(), widths=self.width_generator.get_state()),
+        )
+        save_atomically(checkpoint, self.output / 'last.pt')
+        if score > self.best:
+            self.best = score
+            save_atomically(checkpoint, self.output / 'best.pt')
+
+
+def train(config: TrainConfig, resume: Optional[str] = None) -> dict:
+    """Train and return the last epoch's log row (losses, learning rate, top-1 of every width evaluated)."""
+    return Trainer(config, resume).fit()

@@ -1,0 +1,167 @@
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from scalavit.cli import main
+from scalavit.train import TrainConfig, train
+
+FAST = ['--batch-size', '8', '--workers', '0', '--epochs', '2', '--lr', '1e-3', '--full-warmup-epochs', '1']
+
+
+def make_image_folder(root, classes=3, train_per_class=8, val_per_class=4):
+    """Tiny 28x28 grayscale PNGs whose brightness pattern depends on the class."""
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (('train', train_per_class), ('val', val_per_class)):
+        for c in range(classes):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.rand(28, 28, generator=generator) * 60
+                pixels[:, c * 9:(c + 1) * 9] += 180
+                Image.fromarray(pixels.clamp(0, 255).byte().numpy(), 'L').save(folder / f'{i}.png')
+    return root
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_image_folder(tmp_path / 'data')
+
+
+def run_cli(*args):
+    assert main(['train', *map(str, args)]) == 0
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+
+
+def test_training_writes_config_logs_and_checkpoints(folder, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run_cli('--data', folder, '--output', run, *FAST)
+    rows = read_log(run)
+    assert [row['epoch'] for row in rows] == [1, 2]
+    assert 'loss_upper' not in rows[0] and rows[1]['loss_upper'] > 0  # epoch 1 is the full-width warm-up
+    widths = [k for k in rows[1] if k.startswith('top1@')]
+    assert len(widths) == 13 and all(0 <= rows[1][k] <= 100 for k in widths)
+    csv_lines = (run / 'log.csv').read_text().splitlines()
+    assert len(csv_lines) == 3 and csv_lines[0].startswith('epoch,step,lr,loss_full,loss_upper')
+    config = json.loads((run / 'config.json').read_text())
+    assert config['data'] == str(folder) and config['batch_size'] == 8
+    checkpoint = torch.load(run / 'last.pt', weights_only=False)
+    assert set(checkpoint) >= {'model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'random_states', 'config'}
+    assert checkpoint['epoch'] == 2 and checkpoint['classes'] == ['class0', 'class1', 'class2']
+    assert (run / 'best.pt').is_file() and not list(run.glob('.*.tmp'))
+    assert re.search(r'width +0\.25 +\d+\.\d\d%', capsys.readouterr().out)
+
+
+def test_resume_gives_the_weights_of_an_uninterrupted_run(folder, tmp_path):
+    run_cli('--data', folder, '--output', tmp_path / 'straight', *FAST)
+    # 24 images in batches of 8: stopping after 3 steps is stopping after the first of the two epochs.
+    run_cli('--data', folder, '--output', tmp_path / 'halves', *FAST, '--max-steps', '3')
+    assert torch.load(tmp_path / 'halves' / 'last.pt', weights_only=False)['epoch'] == 1
+    run_cli('--resume', tmp_path / 'halves', '--max-steps', '1000')
+    straight = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=False)
+    resumed = torch.load(tmp_path / 'halves' / 'last.pt', weights_only=False)
+    assert resumed['epoch'] == 2 and resumed['step'] == straight['step']
+    for name, tensor in straight['model'].items():
+        assert torch.equal(tensor, resumed['model'][name]), name
+    assert [row['epoch'] for row in read_log(tmp_path / 'halves')] == [1, 2]
+
+
+def test_an_existing_run_is_never_overwritten(folder, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run_cli('--data', folder, '--output', run, *FAST[:4], '--epochs', '1', '--max-steps', '1')
+    before = (run / 'last.pt').read_bytes()
+    assert main(['train', '--data', str(folder), '--output', str(run), *FAST]) == 2
+    assert 'already holds a run' in capsys.readouterr().err
+    assert (run / 'last.pt').read_bytes() == before
+
+
+@pytest.mark.parametrize('method, extra', [
+    ('usnet', []),
+    ('separate', ['--width', '0.5']),
+    ('scala', ['--granularity', '1/4', '--transfer', 'full', '--sampling', 'uniform', '--no-noise-calibration',
+               '--no-isolated-activation']),
+])
+def test_every_method_and_ablation_trains(folder, tmp_path, method, extra):
+    run = tmp_path / method
+    run_cli('--data', folder, '--output', run, '--method', method, *FAST, '--max-steps', '4', *extra)
+    checkpoint = torch.load(run / 'last.pt', weights_only=False)
+    if method == 'separate':
+        assert checkpoint['model']['cls_token'].shape[-1] == 48  # an ordinary model of half the width
+    if '1/4' in extra:
+        assert [k for k in read_log(run)[-1] if k.startswith('top1@')] == [
+            'top1@0.25', 'top1@0.5', 'top1@0.75', 'top1@1']
+
+
+def test_scala_with_a_separately_trained_teacher_on_a_distilled_model(folder, tmp_path):
+    run_cli('--data', folder, '--output', tmp_path / 'teacher', '--method', 'separate', *FAST, '--max-steps', '1',
+            '--model', 'scala_deit_tiny_patch16_224', '--eval-widths', '1.0')
+    run_cli('--data', folder, '--output', tmp_path / 'student', *FAST, '--max-steps', '4',
+            '--teacher', tmp_path / 'teacher' / 'last.pt', '--model', 'scala_deit_tiny_distilled_patch16_224',
+            '--eval-widths', '0.25', '1.0')
+    assert read_log(tmp_path / 'student')[-1]['loss_smallest'] > 0
+
+
+def test_config_file_sets_options_and_the_command_line_wins(folder, tmp_path):
+    config = tmp_path / 'config.yaml'
+    config.write_text(yaml.safe_dump({'data': str(folder), 'batch-size': 4, 'epochs': 1, 'workers': 0, 'seed': 7,
+                                      'granularity': '1/8'}))
+    run_cli('--config', config, '--output', tmp_path / 'run', '--seed', '3', '--max-steps', '1')
+    saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert (saved['batch_size'], saved['seed'], saved['granularity']) == (4, 3, 0.125)
+
+
+@pytest.mark.parametrize('make_args, message', [
+    (lambda f, t: ['--data', t / 'nowhere'], 'no such folder'),
+    (lambda f, t: ['--data', (t / 'empty' / 'train').mkdir(parents=True) or t / 'empty'], 'no usable classes'),
+    (lambda f, t: ['--data', f, '--amp', 'bf16', '--device', 'cpu'], 'needs a CUDA device'),
+    (lambda f, t: ['--data', f, '--granularity', '0.1'], 'not a whole number of granularity steps'),
+    (lambda f, t: ['--data', f, '--teacher', t / 'missing.pt'], 'does not exist'),
+    (lambda f, t: ['--config', (t / 'c.yaml').write_text('epoch: 3') and t / 'c.yaml'], 'unknown option'),
+])
+def test_bad_input_is_a_clear_error_before_training(folder, tmp_path, capsys, make_args, message):
+    assert main(['train', '--output', str(tmp_path / 'run'), *map(str, make_args(folder, tmp_path))]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / 'run' / 'last.pt').exists()
+
+
+def test_a_file_that_is_not_an_image_is_refused_before_training(folder, tmp_path, capsys):
+    (folder / 'train' / 'class1' / 'notes.png').write_text('not an image')
+    assert main(['train', '--data', str(folder), '--output', str(tmp_path / 'run'), *FAST]) == 2
+    assert 'notes.png' in capsys.readouterr().err
+
+
+def test_an_image_that_fails_to_decode_mid_epoch_is_skipped_and_counted(folder, tmp_path):
+    path = folder / 'train' / 'class0' / '0.png'
+    path.write_bytes(path.read_bytes()[:60])  # the header survives, the pixel data does not
+    run_cli('--data', folder, '--output', tmp_path / 'run', *FAST[:4], '--epochs', '1')
+    assert read_log(tmp_path / 'run')[0]['skipped_images'] == 1
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_by_name(folder, tmp_path, capsys):
+    run_cli('--data', folder, '--output', tmp_path / 'small', *FAST[:4], '--epochs', '1', '--max-steps', '1')
+    checkpoint = torch.load(tmp_path / 'small' / 'last.pt', weights_only=False)
+    checkpoint['model']['blocks.0.attn.qkv.weight'] = torch.zeros(3, 3)
+    torch.save(checkpoint, tmp_path / 'bad.pt')
+    assert main(['train', '--data', str(folder), '--output', str(tmp_path / 'b'), '--teacher',
+                 str(tmp_path / 'bad.pt')]) == 2
+    assert 'blocks.0.attn.qkv.weight has shape (3, 3)' in capsys.readouterr().err
+    assert main(['train', '--resume', str(tmp_path / 'small'), '--model', 'scala_deit_tiny_patch16_224']) == 2
+    assert 'trained with --model scala_vit_mini_patch7_28' in capsys.readouterr().err
+
+
+def test_two_processes_with_gloo_end_with_identical_weights(folder, tmp_path):
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'scalavit',
+               'train', '--data', str(folder), '--output', str(tmp_path / 'ddp'), *FAST, '--batch-size', '4']
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(tmp_path / 'ddp')
+    assert [row['ranks_in_sync'] for row in rows] == [True, True]
+    assert rows[-1]['step'] == 2 * 3  # 24 images, 2 processes of 4: 3 steps an epoch
