@@ -44,7 +44,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
         flag, hint = '--' + field.name.replace('_', '-'), hints[field.name]
-        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        optional = typing.get_origin(hint) is typing.Union
+        kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         default = field.default if field.default is not dataclasses.MISSING else None
         help_text = f"{_HELP.get(field.name, '')} (default: {default})".strip()
         if kind is bool:
@@ -85,7 +86,8 @@ def _train(args: argparse.Namespace) -> None:
     if args.config:
         values.update(_read_config_file(args.config))
     values.update(options)
-    row = train(TrainConfig(**values), resume=args.resume)
+    config = TrainConfig(**values)
+    row = train(config, resume=args.resume)
     if not row:
         print("nothing to train: the run has already reached --epochs")
         return
@@ -93,7 +95,7 @@ def _train(args: argparse.Namespace) -> None:
     for key, value in row.items():
         if key.startswith('top1@'):
             print(f"  width {key[5:]:>7}  {value:6.2f}%")
-    print(f"checkpoints and logs in {values.get('output', TrainConfig.output)}")
+    print(f"checkpoints and logs in {config.output}")
 
 
 def _widths(args: argparse.Namespace) -> None:

@@ -42,8 +42,8 @@ class TrainConfig:
     method: str = 'scala'  # scala | usnet | separate
     model: str = FASHION_MODEL
     data: str = 'fashion-mnist'
-    output: str = 'runs/scala'
-    epochs: int = 6
+    output: Optional[str] = None  # default: runs/<method>-<date>-<time>
+    epochs: int = 7
     max_steps: Optional[int] = None
     batch_size: int = 128
     lr: float = 2e-3
@@ -66,10 +66,10 @@ class TrainConfig:
     mixup: float = 0.2
     cutmix: float = 0.0
     smoothing: float = 0.1
-    auto_augment: Optional[str] = 'rand-m1-mstd0.5-inc1'
-    reprob: float = 0.25
-    crop_scale: tuple[float, float] = (0.5, 1.0)
-    hflip: float = 0.5
+    auto_augment: Optional[str] = None
+    reprob: float = 0.1
+    crop_scale: tuple[float, float] = (1.0, 1.0)
+    hflip: float = 0.0
     drop_path: float = 0.0
     # running
     device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
@@ -90,6 +90,8 @@ class TrainConfig:
         if self.batch_size < 2 or (self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0)):
             raise ValueError(f"--batch-size {self.batch_size}: Mixup/CutMix need an even batch size of at least 2")
         self.crop_scale = tuple(self.crop_scale)
+        if self.output is None:
+            self.output = f"runs/{self.method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass

@@ -1,0 +1,172 @@
+"""Cost of one Scala training step, measured side by side in one run.
+
+Time: one Scala step (four sub-networks' forward and backward into one AdamW step) against its four sub-networks
+trained alone as dense timm models of the same widths (each its own forward, backward and AdamW step), summed.
+Calls alternate between the two so that the machine's drift hits both alike; figures are medians. Target: <= 1.10.
+
+Memory: the peak of a Scala step against a full-width step (target <= 1.15x). On CUDA the allocator's peak; on the
+CPU each kind of step runs in a fresh process and the figure is its peak resident memory above what it held once the
+model and optimizer were built.
+
+    python benchmarks/train_step.py                               # DeiT-S, batch 16
+    python benchmarks/train_step.py --model scala_vit_mini_patch7_28 --batch-size 128
+"""
+import argparse
+import contextlib
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import timm
+import torch
+import torch.nn.functional as F
+from timm.data.mixup import mixup_target
+
+import scalavit  # noqa: F401  (registers the scala_* models)
+from scalavit import to_timm
+from scalavit.methods import Scala
+from scalavit.train import SubNetworkPasses
+
+
+class NoScaler:
+    def scale(self, loss):
+        return loss
+
+
+def make_batch(model, batch_size, device):
+    images = torch.randn(batch_size, *model.pretrained_cfg['input_size'], device=device)
+    target = mixup_target(torch.randint(0, model.num_classes, (batch_size,), device=device), model.num_classes,
+                          smoothing=0.1)
+    return images, target
+
+
+def scala_step_fn(model, images, target, seed):
+    """One Scala step whose width generator restarts from ``seed``: every call trains the same four networks."""
+    method = Scala(model.grid, full_warmup_epochs=0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    generator = torch.Generator()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        generator.manual_seed(seed)
+        method.step(SubNetworkPasses(model, images, contextlib.nullcontext, NoScaler()), target, 0, generator)
+        optimizer.step()
+    return step
+
+
+def dense_steps_fn(dense_models, images, target):
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-4) for m in dense_models]
+
+    def step():
+        for dense, optimizer in zip(dense_models, optimizers):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(dense(images), target).backward()
+            optimizer.step()
+    return step
+
+
+def full_step_fn(model, images, target):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(images), target).backward()
+        optimizer.step()
+    return step
+
+
+def synchronize(device):
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def median_times(fn_a, fn_b, calls, device):
+    fn_a(), fn_b()
+    a, b = [], []
+    for _ in range(calls):
+        for fn, times in ((fn_a, a), (fn_b, b)):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(a), statistics.median(b)
+
+
+def peak_memory_mib(args, kind):
+    """Peak memory of 3 steps of ``kind`` ('scala' or 'full') above the memory held before the first step."""
+    if args.device.startswith('cuda'):
+        model, step = build_step(args, kind)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    command = [sys.executable, __file__, '--model', args.model, '--batch-size', str(args.batch_size),
+               '--seed', str(args.seed), '--memory-of', kind]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)['peak_mib']
+
+
+def build_step(args, kind):
+    torch.manual_seed(0)
+    model = timm.create_model(args.model).to(args.device).train()
+    images, target = make_batch(model, args.batch_size, args.device)
+    if kind == 'scala':
+        return model, scala_step_fn(model, images, target, args.seed)
+    return model, full_step_fn(model, images, target)
+
+
+def rss_mib():
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2 ** 20
+
+
+def report_own_peak(args):
+    """In a fresh process: peak resident memory of 3 steps of one kind, above what was held before them."""
+    _, step = build_step(args, args.memory_of)
+    before = rss_mib()
+    for _ in range(3):
+        step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(peak_mib=peak - before)))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--model', default='scala_deit_small_patch16_224')
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--seed', type=int, default=0, help='seeds the Stable Sampling draw of the two middle widths')
+    parser.add_argument('--calls', type=int, default=5)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--memory-of', choices=['scala', 'full'], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_of:
+        return report_own_peak(args)
+
+    model, scala_step = build_step(args, 'scala')
+    upper, lower = model.grid.sample(torch.Generator().manual_seed(args.seed))
+    widths = [model.grid.largest, upper, lower, model.grid.smallest]
+    images, target = make_batch(model, args.batch_size, args.device)
+    dense_models = [to_timm(model, w).to(args.device).train() for w in widths]
+    dense_step = dense_steps_fn(dense_models, images, target)
+    scala_time, dense_time = median_times(scala_step, dense_step, args.calls, args.device)
+    print(f"{args.model}, batch {args.batch_size}, {args.device}, fp32, {torch.get_num_threads()} threads, "
+          f"widths {widths}")
+    print(f"{'':32} {'ms':>10}")
+    print(f"{'Scala step (4 passes, 1 AdamW)':32} {1e3 * scala_time:>10.1f}")
+    print(f"{'4 dense timm steps, summed':32} {1e3 * dense_time:>10.1f}")
+    print(f"time ratio Scala / dense sum: {scala_time / dense_time:.3f}   (target <= 1.10)")
+    scala_peak, full_peak = peak_memory_mib(args, 'scala'), peak_memory_mib(args, 'full')
+    print(f"\n{'peak memory above the model':32} {'MiB':>10}")
+    print(f"{'Scala step':32} {scala_peak:>10.1f}")
+    print(f"{'full-width step':32} {full_peak:>10.1f}")
+    print(f"memory ratio Scala / full width: {scala_peak / full_peak:.3f}   (target <= 1.15)")
+
+
+if __name__ == '__main__':
+    main()
