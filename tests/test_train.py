@@ -9,7 +9,6 @@ import yaml
 from PIL import Image
 
 from scalavit.cli import main
-from scalavit.train import TrainConfig, train
 
 FAST = ['--batch-size', '8', '--workers', '0', '--epochs', '2', '--lr', '1e-3', '--full-warmup-epochs', '1']
 
@@ -120,7 +119,8 @@ def test_config_file_sets_options_and_the_command_line_wins(folder, tmp_path):
 
 @pytest.mark.parametrize('make_args, message', [
     (lambda f, t: ['--data', t / 'nowhere'], 'no such folder'),
-    (lambda f, t: ['--data', (t / 'empty' / 'train').mkdir(parents=True) or t / 'empty'], 'no usable classes'),
+    (lambda f, t: ['--data', (t / 'empty' / 'val').mkdir(parents=True) or t / 'empty'], 'no usable classes'),
+    (lambda f, t: ['--data', (t / 'no_val' / 'train').mkdir(parents=True) or t / 'no_val'], 'val does not exist'),
     (lambda f, t: ['--data', f, '--amp', 'bf16', '--device', 'cpu'], 'needs a CUDA device'),
     (lambda f, t: ['--data', f, '--granularity', '0.1'], 'not a whole number of granularity steps'),
     (lambda f, t: ['--data', f, '--teacher', t / 'missing.pt'], 'does not exist'),

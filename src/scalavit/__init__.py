@@ -7,4 +7,6 @@ from .model import FASHION_MODEL, SlimmableVisionTransformer
 from .widths import Channels, WidthGrid, select_channels
 
 __version__ = '0.1.0'
+__all__ = ['Channels', 'FASHION_MODEL', 'SlimmableVisionTransformer', 'WidthGrid', 'dense_model_args',
+           'dense_state_dict', 'select_channels', 'to_timm']
 

@@ -10,10 +10,10 @@ import timm
 import torch
 import yaml
 
-from . import model as _registered_models  # noqa: F401  (registers the scala_* models with timm)
 from .evaluate import count_macs, count_params, median_ms, time_call
 from .model import FASHION_MODEL
-from .train import TrainConfig, load_checkpoint, train, width_key
+from .checkpoint import load_checkpoint
+from .train import TrainConfig, train
 
 _HELP = {
     'method': 'scala, usnet (US-Net baseline) or separate (one ordinary model of --width)',

@@ -139,16 +139,23 @@ def build_transform(data_config: dict, train: bool, auto_augment: Optional[str] 
 def build_datasets(data: str, train_transform: Callable, eval_transform: Callable,
                    in_chans: int) -> tuple[Dataset, Dataset, list[str]]:
     """Training set, evaluation set and class names of ``fashion-mnist`` or an image folder with train/ and val/."""
+    eval_set, classes = build_eval_dataset(data, eval_transform, in_chans)
     if data == 'fashion-mnist':
-        train_set = FashionMNIST('train', train_transform)
-        return train_set, FashionMNIST('test', eval_transform), list(FashionMNIST.classes)
+        return FashionMNIST('train', train_transform), eval_set, classes
+    train_set = image_folder(Path(data) / 'train', train_transform, in_chans)
+    if train_set.classes != classes:
+        raise ValueError(f"{data}/train and {data}/val have different classes: "
+                         f"{sorted(set(train_set.classes) ^ set(classes))[:5]} are in only one of them")
+    return train_set, eval_set, classes
+
+
+def build_eval_dataset(data: str, transform: Callable, in_chans: int) -> tuple[Dataset, list[str]]:
+    """The evaluation set (Fashion-MNIST's test split, or an image folder's val/) and its class names."""
+    if data == 'fashion-mnist':
+        return FashionMNIST('test', transform), list(FashionMNIST.classes)
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(
             f"--data {data}: no such folder; give 'fashion-mnist' or an image folder with train/<class>/ and val/<class>/")
-    train_set = image_folder(root / 'train', train_transform, in_chans)
-    eval_set = image_folder(root / 'val', eval_transform, in_chans)
-    if train_set.classes != eval_set.classes:
-        raise ValueError(f"{root}/train and {root}/val have different classes: "
-                         f"{sorted(set(train_set.classes) ^ set(eval_set.classes))[:5]} are in only one of them")
-    return train_set, eval_set, train_set.classes
+    eval_set = image_folder(root / 'val', transform, in_chans)
+    return eval_set, eval_set.classes

@@ -12,7 +12,7 @@ import math
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -28,6 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from .checkpoint import (build_model_from_checkpoint, load_checkpoint, load_weights, random_states,
+                         save_atomically, set_random_states)
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .losses import Logits
 from .methods import Scala, Separate, USNet
@@ -142,44 +144,6 @@ def model_kwargs(config: TrainConfig, num_classes: int, full_embed_dim: int) -> 
     return kwargs
 
 
-def load_checkpoint(path: str, map_location='cpu') -> dict:
-    path = Path(path)
-    if path.is_dir():
-        path = path / 'last.pt'
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({error})") from error
-    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'config' not in checkpoint:
-        raise ValueError(f"{path} is not a scalavit training checkpoint (expected the keys 'model' and 'config')")
-    return checkpoint
-
-
-def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Strict loading with a message that names the first parameter that does not fit."""
-    own = model.state_dict()
-    for name, tensor in state_dict.items():
-        if name not in own:
-            raise ValueError(f"{source}: parameter {name} does not exist in {type(model).__name__}; "
-                             "the checkpoint is of another architecture")
-        if own[name].shape != tensor.shape:
-            raise ValueError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the model expects "
-                             f"{tuple(own[name].shape)}; the checkpoint is of another architecture or width")
-    missing = [name for name in own if name not in state_dict]
-    if missing:
-        raise ValueError(f"{source}: parameter {missing[0]} is missing ({len(missing)} in all); "
-                         "the checkpoint is of another architecture")
-    model.load_state_dict(state_dict)
-
-
-def build_model_from_checkpoint(checkpoint: dict, source: str) -> SlimmableVisionTransformer:
-    model = timm.create_model(checkpoint['config']['model'], **checkpoint['model_kwargs'])
-    load_weights(model, checkpoint['model'], source)
-    return model
-
-
 def load_teacher(path: str, student: SlimmableVisionTransformer, device: str) -> SlimmableVisionTransformer:
     checkpoint = load_checkpoint(path)
     teacher = build_model_from_checkpoint(checkpoint, f"teacher {path}")
@@ -189,28 +153,6 @@ def load_teacher(path: str, student: SlimmableVisionTransformer, device: str) ->
         raise ValueError(f"teacher {path} takes inputs of {teacher.pretrained_cfg['input_size']}, the student "
                          f"{student.pretrained_cfg['input_size']}")
     return teacher.to(device).eval().requires_grad_(False)
-
-
-def save_atomically(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def random_states() -> dict:
-    states = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-    if torch.cuda.is_available():
-        states['cuda'] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_random_states(states: dict) -> None:
-    random.setstate(states['python'])
-    np.random.set_state(states['numpy'])
-    torch.set_rng_state(states['torch'])
-    if 'cuda' in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states['cuda'])
 
 
 class SubNetworkPasses:
@@ -384,8 +326,8 @@ class Trainer:
     def _log_columns(self) -> list[str]:
         losses = {'scala': ['full', 'upper', 'lower', 'smallest'], 'usnet': ['full', 'random1', 'random2', 'smallest'],
                   'separate': ['full']}[self.config.method]
-        return (['epoch', 'step', 'lr'] + [f'loss_{name}' for name in losses]
-                + [width_key(w) for w in self.model.widths] + ['skipped_images', 'images_per_s', 'time_s', 'ranks_in_sync'])
+        return (['epoch', 'step', 'lr'] + [f'loss_{name}' for name in losses] + [width_key(w) for w in self.model.widths]
+                + ['skipped_images', 'images_per_s', 'time_s', 'ranks_in_sync'])
 
     def _train_epoch(self) -> dict:
         config, model = self.config, self.train_model
