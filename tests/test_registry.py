@@ -5,7 +5,7 @@ import torch
 from conftest import randomize
 
 NAMES = [f'scala_deit_{size}{distilled}_patch16_224'
-         for size in ('tiny', 'small', 'base') for distilled in ('', '_distilled')] + ['scala_vit_mini_patch7_28']
+         for size in ('tiny', 'small', 'base') for distilled in ('', '_distilled')] + ['scala_vit_mini_patch7_28', 'scala_vit_mini_distilled_patch7_28']
 WIDTHS = {'tiny': 192, 'small': 384, 'base': 768, 'mini': 96}
 
 

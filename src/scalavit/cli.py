@@ -10,9 +10,10 @@ import timm
 import torch
 import yaml
 
-from .evaluate import count_macs, count_params, median_ms, time_call
+from .evaluate import count_macs, count_params, evaluate, median_ms, time_call
 from .model import FASHION_MODEL
 from .checkpoint import load_checkpoint
+from .report import plot, read_report, table, write_report
 from .train import TrainConfig, train
 
 _HELP = {
@@ -116,6 +117,32 @@ def _widths(args: argparse.Namespace) -> None:
                   f"{count_macs(model, width, input_size):>13,d} {latency:>11.2f}")
 
 
+def _eval(args: argparse.Namespace) -> None:
+    if args.output is None:
+        if len(args.checkpoints) > 1:
+            raise ValueError("a family of checkpoints needs --output DIR for its report")
+        first = Path(args.checkpoints[0])
+        args.output = first if first.is_dir() else first.parent
+    report = evaluate(args.checkpoints, args.data, args.device, args.batch_size, args.workers, args.latency_repeats)
+    write_report(report, args.output, args.output.name)
+    meta = report['meta']
+    print(f"{meta['model']} ({meta['method']}) on {meta['data']}, {meta['images']} images; latency at batch 1 and "
+          f"throughput at batch {meta['throughput_batch']} on {meta['device_name']}, {meta['threads']} threads, fp32")
+    print(table(report['rows']))
+    print(f"results.csv, results.json, accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
+
+
+def _compare(args: argparse.Namespace) -> None:
+    runs = {Path(run).name: read_report(run)['rows'] for run in args.runs}
+    if len(runs) != len(args.runs):
+        raise ValueError("two runs share a directory name; give runs whose directories are named apart")
+    args.output.mkdir(parents=True, exist_ok=True)
+    plot(runs, 'macs', args.output / 'accuracy_vs_macs.png', 'top-1 against MACs')
+    plot(runs, 'latency_ms_median', args.output / 'accuracy_vs_latency.png', 'top-1 against batch-1 latency')
+    print(table([dict(row, run=name) for name, rows in runs.items() for row in rows], label='run'))
+    print(f"accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='scalavit', description='Train one slimmable Vision Transformer (Scala) and serve any of its widths.')
@@ -135,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
                     'built-in default, Scala on Fashion-MNIST.', argument_default=argparse.SUPPRESS)
     _add_train_options(training)
     training.set_defaults(run=_train, config=None, resume=None)
+
+    evaluation = commands.add_parser(
+        'eval', help='evaluate every width: top-1/5, parameters, MACs, latency, throughput',
+        description='Evaluate every width of a checkpoint, or a family of separately trained checkpoints as one set.')
+    evaluation.add_argument('checkpoints', nargs='+', help="last.pt / best.pt files or run directories")
+    evaluation.add_argument('--data', help="default: the data the checkpoint was trained on")
+    evaluation.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    evaluation.add_argument('--output', type=Path, help="report directory (default: the checkpoint's run directory)")
+    evaluation.add_argument('--batch-size', type=int, default=256)
+    evaluation.add_argument('--workers', type=int, default=1)
+    evaluation.add_argument('--latency-repeats', type=int, default=50, help='timed batch-1 calls per width')
+    evaluation.set_defaults(run=_eval)
+
+    compare = commands.add_parser('compare', help='draw several evaluated runs on one plot and one table')
+    compare.add_argument('runs', nargs='+', type=Path, help='directories holding results.json')
+    compare.add_argument('--output', type=Path, default=Path('runs/compare'))
+    compare.set_defaults(run=_compare)
     return parser
 
 

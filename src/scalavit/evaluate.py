@@ -1,24 +1,44 @@
-"""Cost of every width: parameters, multiply-accumulates, latency."""
+"""Evaluate every width: top-1, top-5, parameters, MACs, latency and throughput.
+
+A slimmable checkpoint is evaluated at every width of its grid; a family of separately trained checkpoints (one per
+width) is evaluated as one set. The evaluation set is decoded once: each batch runs through every member.
+"""
+import platform
 import statistics
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Optional
 
+import numpy as np
+import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from timm.data import resolve_data_config
+from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .checkpoint import build_model_from_checkpoint, load_checkpoint
+from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
 from .export import dense_state_dict
 from .model import SlimmableVisionTransformer
 
 
-def count_params(model: SlimmableVisionTransformer, width: float) -> int:
+def count_params(model: SlimmableVisionTransformer, width: Optional[float]) -> int:
     """Parameters the sub-network ``width`` uses (what its standalone export holds)."""
     return sum(t.numel() for t in dense_state_dict(model, width).values())
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# torch's flop counter knows the CUDA attention kernels but not the CPU one, which would leave attention uncounted.
+_UNCOUNTED_BY_TORCH = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops}
+
+
 @torch.no_grad()
-def count_macs(model: SlimmableVisionTransformer, width: float, input_size: tuple[int, ...]) -> int:
+def count_macs(model: SlimmableVisionTransformer, width: Optional[float], input_size: tuple[int, ...]) -> int:
     """Multiply-accumulates for one image at ``width``: ``torch.utils.flop_counter`` FLOPs / 2."""
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_UNCOUNTED_BY_TORCH)
     was_training = model.training
     model.eval()
     with counter:
@@ -44,3 +64,107 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[f
 
 def median_ms(times: list[float]) -> float:
     return 1e3 * statistics.median(times)
+
+
+@dataclass
+class Member:
+    """One network of the evaluated set: ``model(x, width)`` is the network of width ratio ``label``."""
+
+    label: float
+    model: SlimmableVisionTransformer
+    width: Optional[float]
+    checkpoint: str
+
+
+def load_members(paths: list[str], device: torch.device) -> tuple[list[Member], dict]:
+    """Every width of one slimmable checkpoint, or one member per checkpoint of a separately trained family."""
+    checkpoints = [load_checkpoint(path) for path in paths]
+    models = [build_model_from_checkpoint(c, str(p)).to(device).eval() for c, p in zip(checkpoints, paths)]
+    if len(paths) == 1 and checkpoints[0]['config']['method'] != 'separate':
+        model = models[0]
+        return [Member(w, model, w, str(paths[0])) for w in model.widths], checkpoints[0]['config']
+    configs = [c['config'] for c in checkpoints]
+    for path, config in zip(paths[1:], configs[1:]):
+        for key in ('data', 'model'):
+            if config[key] != configs[0][key]:
+                raise ValueError(f"{path} was trained with --{key} {config[key]}, {paths[0]} with {configs[0][key]}: "
+                                 "a family must share its data and architecture")
+    members = [Member(c['width'] if c['method'] == 'separate' else 1.0, m, None, str(p))
+               for c, m, p in zip(configs, models, paths)]
+    labels = [m.label for m in members]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"the checkpoints' widths {labels} repeat; give one checkpoint per width")
+    return sorted(members, key=lambda m: m.label), configs[0]
+
+
+@torch.no_grad()
+def accuracy(members: list[Member], loader: DataLoader, device: torch.device) -> list[tuple[float, float]]:
+    """(top-1 %, top-5 %) of every member, each batch decoded once and run through all of them."""
+    num_classes = members[0].model.num_classes
+    k = min(5, num_classes)
+    correct = np.zeros((len(members), 2))
+    total = 0
+    for images, targets, _ in loader:
+        if images is None:
+            continue
+        images, targets = images.to(device), targets.to(device)
+        for i, member in enumerate(members):
+            top = member.model(images, member.width).topk(k, dim=-1).indices
+            hits = top == targets[:, None]
+            correct[i] += (hits[:, 0].sum().item(), hits.any(dim=-1).sum().item())
+        total += len(targets)
+    if total == 0:
+        raise ValueError("no image of the evaluation set could be read")
+    return [(100 * top1 / total, 100 * top5 / total) for top1, top5 in correct]
+
+
+def latency_ms(member: Member, input_size, device, repeats: int) -> tuple[float, float]:
+    """Median and 90th percentile of a batch-1 forward."""
+    x = torch.randn(1, *input_size, device=device)
+    with torch.inference_mode():
+        times = time_call(lambda: member.model(x, member.width), repeats)
+    return median_ms(times), 1e3 * float(np.percentile(times, 90))
+
+
+def throughput(member: Member, input_size, device, batch_size: int, repeats: int) -> float:
+    """Images per second at ``batch_size`` (median of ``repeats`` calls)."""
+    x = torch.randn(batch_size, *input_size, device=device)
+    with torch.inference_mode():
+        times = time_call(lambda: member.model(x, member.width), repeats, warmup=1)
+    return batch_size / statistics.median(times)
+
+
+def environment(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or
+                                                                           platform.machine())
+    return dict(device=str(device), device_name=name, threads=torch.get_num_threads(), dtype='float32',
+                torch=torch.__version__, timm=timm.__version__, python=platform.python_version())
+
+
+def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', batch_size: int = 256,
+             workers: int = 1, latency_repeats: int = 50, throughput_batch: int = 64,
+             throughput_repeats: int = 10) -> dict:
+    """The evaluation report of one slimmable checkpoint or one family: ``{'rows': [...], 'meta': {...}}``."""
+    device = torch.device(device)
+    members, config = load_members(paths, device)
+    data = data or config['data']
+    data_config = resolve_data_config(model=members[0].model)
+    dataset, classes = build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
+    if len(classes) != members[0].model.num_classes:
+        raise ValueError(f"--data {data} has {len(classes)} classes, the checkpoint predicts "
+                         f"{members[0].model.num_classes}")
+    loader = DataLoader(SkipUnreadable(dataset), batch_size, num_workers=workers, collate_fn=collate_readable)
+    input_size = data_config['input_size']
+    rows = []
+    for member, (top1, top5) in zip(members, accuracy(members, loader, device)):
+        median, p90 = latency_ms(member, input_size, device, latency_repeats)
+        rows.append(dict(
+            width=member.label, top1=round(top1, 2), top5=round(top5, 2),
+            params=count_params(member.model, member.width), macs=count_macs(member.model, member.width, input_size),
+            latency_ms_median=round(median, 3), latency_ms_p90=round(p90, 3),
+            throughput_img_s=round(throughput(member, input_size, device, throughput_batch, throughput_repeats), 1),
+            checkpoint=member.checkpoint))
+    meta = dict(environment(device), method=config['method'], model=config['model'], data=data,
+                images=len(dataset), checkpoints=list(map(str, paths)), latency_batch=1,
+                throughput_batch=throughput_batch)
+    return dict(rows=rows, meta=meta)

@@ -245,6 +245,8 @@ def _cfg(**kwargs) -> dict:
 
 
 _DISTILLED = dict(classifier=('head', 'head_dist'))
+_FASHION = dict(num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation='bilinear',
+                mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD)
 default_cfgs = generate_default_cfgs({
     'scala_deit_tiny_patch16_224': _cfg(),
     'scala_deit_small_patch16_224': _cfg(),
@@ -252,9 +254,8 @@ default_cfgs = generate_default_cfgs({
     'scala_deit_tiny_distilled_patch16_224': _cfg(**_DISTILLED),
     'scala_deit_small_distilled_patch16_224': _cfg(**_DISTILLED),
     'scala_deit_base_distilled_patch16_224': _cfg(**_DISTILLED),
-    FASHION_MODEL: _cfg(
-        num_classes=10, input_size=(1, 28, 28), crop_pct=1.0, interpolation='bilinear',
-        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD),
+    FASHION_MODEL: _cfg(**_FASHION),
+    'scala_vit_mini_distilled_patch7_28': _cfg(**_FASHION, **_DISTILLED),
 })
 
 
@@ -304,3 +305,10 @@ def scala_vit_mini_patch7_28(pretrained: bool = False, **kwargs) -> SlimmableVis
     """For 28x28 grayscale images: 16 patches of 7x7, width 96, 3 heads, depth 4."""
     model_args = dict(patch_size=7, embed_dim=96, depth=4, num_heads=3)
     return _create('scala_vit_mini_patch7_28', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_vit_mini_distilled_patch7_28(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    """The default 28x28 model with DeiT's distillation token and head."""
+    model_args = dict(patch_size=7, embed_dim=96, depth=4, num_heads=3, distilled=True)
+    return _create('scala_vit_mini_distilled_patch7_28', pretrained, **dict(model_args, **kwargs))
