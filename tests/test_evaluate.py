@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 import timm
 
 from scalavit.cli import main
@@ -77,3 +78,15 @@ def test_eval_and_compare_refuse_bad_input(trained, tmp_path, capsys):
     folder = make_image_folder(tmp_path / 'four', classes=4)
     assert main(['eval', str(trained / 'scala'), '--data', str(folder)]) == 2
     assert 'has 4 classes, the checkpoint predicts 3' in capsys.readouterr().err
+
+
+def test_eval_takes_a_checkpoint_in_the_authors_format(trained, tmp_path, capsys):
+    state = torch.load(trained / 'scala' / 'last.pt', weights_only=False)['model']
+    torch.save({'model': state}, tmp_path / 'authors.pth')
+    folder = trained / 'data'
+    assert main(['eval', str(tmp_path / 'authors.pth'), '--data', str(folder), '--latency-repeats', '2']) == 2
+    assert 'name it with --model' in capsys.readouterr().err
+    assert main(['eval', str(tmp_path / 'authors.pth'), '--data', str(folder), '--model', 'scala_vit_mini_patch7_28',
+                 '--latency-repeats', '2']) == 0
+    rows = json.loads((tmp_path / 'results.json').read_text())['rows']
+    assert len(rows) == 13 and all(0 <= r['top1'] <= 100 for r in rows)

@@ -1,8 +1,9 @@
 """Checkpoints: atomic saving, loading with errors that name what does not fit, random states."""
+import math
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import timm
@@ -69,3 +70,52 @@ def set_random_states(states: dict) -> None:
     torch.set_rng_state(states['torch'])
     if 'cuda' in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states['cuda'])
+
+
+# The reference code's DeiT sizes: embedding width -> (name, heads).
+_DEIT_SIZES = {192: ('tiny', 3), 384: ('small', 6), 768: ('base', 12)}
+
+
+def load_model(path: str, model_name: Optional[str] = None) -> tuple[SlimmableVisionTransformer, dict]:
+    """A slimmable model from a scalavit training checkpoint, or from a state dict in the authors' format
+    (``{'model': state_dict, ...}`` or a bare state dict with timm DeiT names). Returns the model and the training
+    configuration (empty for an authors' checkpoint)."""
+    path = Path(path)
+    candidate = path / 'last.pt' if path.is_dir() else path
+    if not candidate.is_file():
+        raise FileNotFoundError(f"checkpoint {candidate} does not exist")
+    try:
+        checkpoint = torch.load(candidate, map_location='cpu', weights_only=False)
+    except Exception as error:
+        raise ValueError(f"{candidate} is not a readable PyTorch checkpoint ({error})") from error
+    if isinstance(checkpoint, dict) and 'config' in checkpoint and 'model_kwargs' in checkpoint:
+        if model_name and model_name != checkpoint['config']['model']:
+            raise ValueError(f"{candidate} holds a {checkpoint['config']['model']}, not a {model_name}")
+        return build_model_from_checkpoint(checkpoint, str(candidate)), checkpoint['config']
+    state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{candidate} holds neither a scalavit checkpoint nor a state dict of timm DeiT parameters")
+    model = timm.create_model(model_name or _infer_architecture(state, candidate), **_shape_args(state, candidate),
+                              norm_eps=1e-5)  # the authors' checkpoints were trained with 1e-5
+    load_weights(model, state, str(candidate))
+    return model, {}
+
+
+def _shape_args(state: dict, path: Path) -> dict:
+    for name in ('cls_token', 'pos_embed', 'patch_embed.proj.weight', 'head.weight'):
+        if name not in state:
+            raise ValueError(f"{path}: parameter {name} is missing; this is not a DeiT state dict")
+    proj = state['patch_embed.proj.weight']
+    prefix = 2 if 'dist_token' in state else 1
+    grid = math.isqrt(state['pos_embed'].shape[1] - prefix)
+    return dict(num_classes=state['head.weight'].shape[0], in_chans=proj.shape[1], img_size=grid * proj.shape[-1])
+
+
+def _infer_architecture(state: dict, path: Path) -> str:
+    width, patch = state['cls_token'].shape[-1], state['patch_embed.proj.weight'].shape[-1]
+    depth = 1 + max(int(name.split('.')[1]) for name in state if name.startswith('blocks.'))
+    if width not in _DEIT_SIZES or patch != 16 or depth != 12:
+        raise ValueError(f"{path}: cannot tell the architecture from the shapes (width {width}, patch {patch}, depth "
+                         f"{depth}); name it with --model")
+    distilled = '_distilled' if 'dist_token' in state else ''
+    return f"scala_deit_{_DEIT_SIZES[width][0]}{distilled}_patch16_224"

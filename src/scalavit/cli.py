@@ -10,9 +10,10 @@ import timm
 import torch
 import yaml
 
+from .export import FORMATS, export_width
 from .evaluate import count_macs, count_params, evaluate, median_ms, time_call
 from .model import FASHION_MODEL
-from .checkpoint import load_checkpoint
+from .checkpoint import load_checkpoint, load_model
 from .report import plot, read_report, table, write_report
 from .train import TrainConfig, train
 
@@ -123,7 +124,8 @@ def _eval(args: argparse.Namespace) -> None:
             raise ValueError("a family of checkpoints needs --output DIR for its report")
         first = Path(args.checkpoints[0])
         args.output = first if first.is_dir() else first.parent
-    report = evaluate(args.checkpoints, args.data, args.device, args.batch_size, args.workers, args.latency_repeats)
+    report = evaluate(args.checkpoints, args.data, args.device, args.batch_size, args.workers, args.latency_repeats,
+                      model_name=args.model)
     write_report(report, args.output, args.output.name)
     meta = report['meta']
     print(f"{meta['model']} ({meta['method']}) on {meta['data']}, {meta['images']} images; latency at batch 1 and "
@@ -141,6 +143,28 @@ def _compare(args: argparse.Namespace) -> None:
     plot(runs, 'latency_ms_median', args.output / 'accuracy_vs_latency.png', 'top-1 against batch-1 latency')
     print(table([dict(row, run=name) for name, rows in runs.items() for row in rows], label='run'))
     print(f"accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    model, config = load_model(args.checkpoint, args.model)
+    inputs = _sample_images(model, args.data or config.get('data'), args.images) if (args.data or config) else None
+    check = export_width(model, args.width, args.output, args.format, args.force, inputs)
+    source = f"{check['images']} {'images of ' + (args.data or config['data']) if inputs is not None else 'random inputs'}"
+    print(f"width {check['width']:g} of {args.checkpoint} written to {args.output} ({args.format})")
+    print(f"checked on {source}: max |logit difference| {check['max_abs_logit_difference']:.2e}, "
+          f"top-1 agreement {100 * check['top1_agreement']:.2f}%")
+    if check['norm_eps'] != check['exported_norm_eps']:
+        print(f"note: the model was trained with LayerNorm eps {check['norm_eps']:g}; timm's config carries "
+              f"{check['exported_norm_eps']:g}, so the export is close but not bit-exact (figures above)")
+
+
+def _sample_images(model, data: str, count: int) -> torch.Tensor:
+    from timm.data import resolve_data_config
+    from .data import build_eval_dataset, build_transform
+    data_config = resolve_data_config(model=model)
+    dataset, _ = build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
+    indices = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist()
+    return torch.stack([dataset[i][0] for i in indices])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -173,12 +197,28 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument('--batch-size', type=int, default=256)
     evaluation.add_argument('--workers', type=int, default=1)
     evaluation.add_argument('--latency-repeats', type=int, default=50, help='timed batch-1 calls per width')
+    evaluation.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser('compare', help='draw several evaluated runs on one plot and one table')
     compare.add_argument('runs', nargs='+', type=Path, help='directories holding results.json')
     compare.add_argument('--output', type=Path, default=Path('runs/compare'))
     compare.set_defaults(run=_compare)
+
+    export = commands.add_parser(
+        'export', help='write one width as a standalone timm model (safetensors), ONNX or TorchScript',
+        description="Write width r as a plain timm VisionTransformer that timm.create_model('local-dir:DIR', "
+                    "pretrained=True) rebuilds without scalavit, or as ONNX / TorchScript; then check it.")
+    export.add_argument('checkpoint', help='a scalavit checkpoint or run directory, or an authors\' .pth')
+    export.add_argument('--width', type=_number, required=True)
+    export.add_argument('--output', type=Path, required=True)
+    export.add_argument('--format', choices=FORMATS, default='safetensors')
+    export.add_argument('--force', action='store_true', help='replace a non-empty --output')
+    export.add_argument('--model', help='architecture of an authors\' checkpoint when its shapes do not tell it')
+    export.add_argument('--data', help='images to check the export on (default: the training data; random inputs '
+                                       'for an authors\' checkpoint)')
+    export.add_argument('--images', type=int, default=256, help='how many images to check on')
+    export.set_defaults(run=_export)
     return parser
 
 

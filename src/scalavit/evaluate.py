@@ -16,7 +16,7 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .checkpoint import build_model_from_checkpoint, load_checkpoint
+from .checkpoint import build_model_from_checkpoint, load_checkpoint, load_model
 from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
 from .export import dense_state_dict
 from .model import SlimmableVisionTransformer
@@ -76,21 +76,27 @@ class Member:
     checkpoint: str
 
 
-def load_members(paths: list[str], device: torch.device) -> tuple[list[Member], dict]:
-    """Every width of one slimmable checkpoint, or one member per checkpoint of a separately trained family."""
+def load_members(paths: list[str], device: torch.device,
+                 model_name: Optional[str] = None) -> tuple[list[Member], dict]:
+    """Every width of one slimmable checkpoint, or one member per checkpoint of a separately trained family.
+
+    An authors' checkpoint (a DeiT state dict, no training configuration) counts as a slimmable one.
+    """
+    if len(paths) == 1:
+        model, config = load_model(paths[0], model_name)
+        if config.get('method') != 'separate':
+            model = model.to(device).eval()
+            return [Member(w, model, w, str(paths[0])) for w in model.widths], config
     checkpoints = [load_checkpoint(path) for path in paths]
-    models = [build_model_from_checkpoint(c, str(p)).to(device).eval() for c, p in zip(checkpoints, paths)]
-    if len(paths) == 1 and checkpoints[0]['config']['method'] != 'separate':
-        model = models[0]
-        return [Member(w, model, w, str(paths[0])) for w in model.widths], checkpoints[0]['config']
     configs = [c['config'] for c in checkpoints]
     for path, config in zip(paths[1:], configs[1:]):
         for key in ('data', 'model'):
             if config[key] != configs[0][key]:
                 raise ValueError(f"{path} was trained with --{key} {config[key]}, {paths[0]} with {configs[0][key]}: "
                                  "a family must share its data and architecture")
-    members = [Member(c['width'] if c['method'] == 'separate' else 1.0, m, None, str(p))
-               for c, m, p in zip(configs, models, paths)]
+    members = [Member(c['width'] if c['method'] == 'separate' else 1.0,
+                      build_model_from_checkpoint(checkpoint, str(p)).to(device).eval(), None, str(p))
+               for c, checkpoint, p in zip(configs, checkpoints, paths)]
     labels = [m.label for m in members]
     if len(set(labels)) != len(labels):
         raise ValueError(f"the checkpoints' widths {labels} repeat; give one checkpoint per width")
@@ -143,11 +149,13 @@ def environment(device: torch.device) -> dict:
 
 def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', batch_size: int = 256,
              workers: int = 1, latency_repeats: int = 50, throughput_batch: int = 64,
-             throughput_repeats: int = 10) -> dict:
+             throughput_repeats: int = 10, model_name: Optional[str] = None) -> dict:
     """The evaluation report of one slimmable checkpoint or one family: ``{'rows': [...], 'meta': {...}}``."""
     device = torch.device(device)
-    members, config = load_members(paths, device)
-    data = data or config['data']
+    members, config = load_members(paths, device, model_name)
+    data = data or config.get('data')
+    if data is None:
+        raise ValueError(f"{paths[0]} does not say what it was trained on; name the evaluation data with --data")
     data_config = resolve_data_config(model=members[0].model)
     dataset, classes = build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
     if len(classes) != members[0].model.num_classes:
@@ -164,7 +172,8 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
             latency_ms_median=round(median, 3), latency_ms_p90=round(p90, 3),
             throughput_img_s=round(throughput(member, input_size, device, throughput_batch, throughput_repeats), 1),
             checkpoint=member.checkpoint))
-    meta = dict(environment(device), method=config['method'], model=config['model'], data=data,
+    meta = dict(environment(device), method=config.get('method', 'scala'),
+                model=config.get('model', members[0].model.pretrained_cfg['architecture']), data=data,
                 images=len(dataset), checkpoints=list(map(str, paths)), latency_batch=1,
                 throughput_batch=throughput_batch)
     return dict(rows=rows, meta=meta)

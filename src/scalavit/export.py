@@ -4,12 +4,19 @@ The dense model reproduces the width exactly: the channels Isolated Activation c
 fused qkv matrix, and the full model's attention scale, which is folded into the query rows because timm's attention
 always scales by head_dim ** -0.5.
 """
+import json
+import os
+import shutil
+import tempfile
 from functools import partial
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
 
+import timm
 import torch
+import safetensors.torch
 import torch.nn as nn
-from timm.models.deit import VisionTransformerDistilled
+from timm.models._hub import save_config_for_hf
 from timm.models.vision_transformer import VisionTransformer
 
 from .model import SlimmableVisionTransformer
@@ -85,12 +92,108 @@ def dense_state_dict(model: SlimmableVisionTransformer, width: float) -> dict[st
     return {name: tensor.detach().contiguous().clone() for name, tensor in state.items()}
 
 
-def to_timm(model: SlimmableVisionTransformer, width: float) -> VisionTransformer:
-    """A dense timm model holding exactly the sub-network ``width`` (same logits, fp32, up to rounding)."""
-    model_cls = VisionTransformerDistilled if model.distilled else VisionTransformer
+# Every DeiT entry point builds any ViT once its architecture arguments are overridden; these two are used because
+# they name the right class (VisionTransformer, VisionTransformerDistilled) and are in every timm >= 0.9.
+TIMM_ARCHITECTURES = {False: 'deit_tiny_patch16_224', True: 'deit_tiny_distilled_patch16_224'}
+
+
+def to_timm(model: SlimmableVisionTransformer, width: float, exact_norm: bool = True) -> VisionTransformer:
+    """A dense timm model holding exactly the sub-network ``width`` (same logits, fp32, up to rounding).
+
+    ``exact_norm=False`` keeps timm's LayerNorm epsilon (1e-6), which a serialised timm config is limited to, even
+    when the slimmable model uses another.
+    """
     kwargs = dense_model_args(model, width)
-    if model.norm.eps != TIMM_NORM_EPS:
+    if exact_norm and model.norm.eps != TIMM_NORM_EPS:
         kwargs['norm_layer'] = partial(nn.LayerNorm, eps=model.norm.eps)
-    dense = model_cls(**kwargs)
+    dense = timm.create_model(TIMM_ARCHITECTURES[model.distilled], **kwargs)
     dense.load_state_dict(dense_state_dict(model, width), strict=True)
     return dense.train(model.training)
+
+
+FORMATS = ('safetensors', 'onnx', 'torchscript')
+ONNX_OPSET = 17
+
+
+def export_width(model: SlimmableVisionTransformer, width: float, output: Path, fmt: str = 'safetensors',
+                 force: bool = False, inputs: Optional[torch.Tensor] = None) -> dict:
+    """Write width ``width`` as a standalone model in ``output`` and check it against the slimmable model.
+
+    safetensors: timm's local-folder format (config.json + model.safetensors), which
+    ``timm.create_model('local-dir:DIR', pretrained=True)`` rebuilds with no scalavit import. onnx: model.onnx
+    (opset 17, dynamic batch). torchscript: model.pt. config.json with the preprocessing comes with every format.
+    Returns the check on ``inputs`` (random images when None): max abs logit difference and top-1 agreement.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == 'onnx':
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as error:
+            raise ValueError(f"ONNX export needs onnx and onnxruntime ({error}): pip install 'scalavit[onnx]'")
+    width = model.grid.snap(width)
+    output = Path(output)
+    if output.exists() and any(output.iterdir()) and not force:
+        raise FileExistsError(f"{output} exists and is not empty; choose another --output or pass --force")
+    model = model.eval()
+    dense = to_timm(model, width, exact_norm=False).eval()
+    if inputs is None:
+        inputs = torch.randn(64, *model.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))  # same filesystem: renames work
+    try:
+        _save_timm_config(dense, model, width, staging)
+        if fmt == 'safetensors':
+            safetensors.torch.save_file(dense.state_dict(), str(staging / 'model.safetensors'))
+        elif fmt == 'onnx':
+            torch.onnx.export(dense, (inputs[:2],), str(staging / 'model.onnx'), opset_version=ONNX_OPSET,
+                              input_names=['images'], output_names=['logits'], dynamo=False,
+                              dynamic_axes={'images': {0: 'batch'}, 'logits': {0: 'batch'}})
+        else:
+            torch.jit.save(torch.jit.trace(dense, inputs[:2]), str(staging / 'model.pt'))
+        check = _check(model, width, staging, fmt, inputs)
+        (staging / 'export.json').write_text(json.dumps(check, indent=2) + '\n')
+        _replace_directory(staging, output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return check
+
+
+def _save_timm_config(dense: VisionTransformer, model: SlimmableVisionTransformer, width: float, folder: Path):
+    cfg = model.pretrained_cfg
+    data_config = {key: cfg[key] for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')}
+    model_config = dict(pretrained_cfg=dict(tag=f'scala_width_{width:g}', license='mit'))
+    save_config_for_hf(dense, str(folder / 'config.json'), model_config=model_config, data_config=data_config)
+
+
+@torch.no_grad()
+def _check(model: SlimmableVisionTransformer, width: float, folder: Path, fmt: str, inputs: torch.Tensor) -> dict:
+    """Run the written file the way a user would, and compare its logits with the slimmable model's."""
+    expected = model(inputs, width)
+    if fmt == 'safetensors':
+        loaded = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+        logits = loaded(inputs)
+    elif fmt == 'onnx':
+        import onnxruntime
+        session = onnxruntime.InferenceSession(str(folder / 'model.onnx'), providers=['CPUExecutionProvider'])
+        logits = torch.from_numpy(session.run(None, {'images': inputs.numpy()})[0])
+    else:
+        logits = torch.jit.load(str(folder / 'model.pt'))(inputs)
+    return dict(
+        width=width, format=fmt, images=len(inputs),
+        max_abs_logit_difference=float((logits - expected).abs().max()),
+        top1_agreement=float((logits.argmax(-1) == expected.argmax(-1)).float().mean()),
+        norm_eps=model.norm.eps, exported_norm_eps=TIMM_NORM_EPS)
+
+
+def _replace_directory(staging: Path, output: Path) -> None:
+    """Move the finished export into place; an existing folder (--force) is removed only once the new one is ready."""
+    if output.exists():
+        old = output.with_name(f'.{output.name}.old')
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, output)
