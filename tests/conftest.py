@@ -1,8 +1,12 @@
+import json
+
 import pytest
 import torch
+from PIL import Image
 
 import scalavit  # noqa: F401  (registers the scala_* models with timm)
 from scalavit import SlimmableVisionTransformer
+from scalavit.cli import main
 
 
 @torch.no_grad()
@@ -29,3 +33,34 @@ def tiny_model(**kwargs) -> SlimmableVisionTransformer:
 @pytest.fixture
 def images():
     return torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+FAST = ['--batch-size', '8', '--workers', '0', '--epochs', '2', '--lr', '1e-3', '--full-warmup-epochs', '1']
+
+
+def make_image_folder(root, classes=3, train_per_class=8, val_per_class=4):
+    """Tiny 28x28 grayscale PNGs whose brightness pattern depends on the class."""
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (('train', train_per_class), ('val', val_per_class)):
+        for c in range(classes):
+            folder = root / split / f'class{c}'
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = torch.rand(28, 28, generator=generator) * 60
+                pixels[:, c * 9:(c + 1) * 9] += 180
+                Image.fromarray(pixels.clamp(0, 255).byte().numpy(), 'L').save(folder / f'{i}.png')
+    return root
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
+
+
+@pytest.fixture(scope='session')
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp('evaluate')
+    folder = make_image_folder(root / 'data')
+    for name, extra in (('scala', []), ('st_half', ['--method', 'separate', '--width', '0.5']),
+                        ('st_full', ['--method', 'separate', '--width', '1.0'])):
+        assert main(['train', '--data', str(folder), '--output', str(root / name), *FAST, *extra]) == 0
+    return root

@@ -6,7 +6,7 @@ import timm
 
 from scalavit.cli import main
 from scalavit.evaluate import count_macs, count_params
-from test_train import FAST, make_image_folder, read_log
+from conftest import make_image_folder, read_log
 
 
 def analytic_macs(d, h, depth, tokens, patch_pixels, classes):
@@ -25,16 +25,6 @@ def test_deit_small_macs_agree_with_the_analytic_count(width, expected_giga):
     assert macs / 1e9 == pytest.approx(expected_giga, rel=0.03)
     if width == 1.0:
         assert count_params(model, width) == sum(p.numel() for p in model.parameters()) == 22_050_664
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp('evaluate')
-    folder = make_image_folder(root / 'data')
-    for name, extra in (('scala', []), ('st_half', ['--method', 'separate', '--width', '0.5']),
-                        ('st_full', ['--method', 'separate', '--width', '1.0'])):
-        assert main(['train', '--data', str(folder), '--output', str(root / name), *FAST, *extra]) == 0
-    return root
 
 
 def test_eval_reports_every_width_and_agrees_with_the_training_log(trained, capsys):

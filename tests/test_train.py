@@ -6,25 +6,10 @@ import sys
 import pytest
 import torch
 import yaml
-from PIL import Image
 
+from conftest import FAST, make_image_folder, read_log
 from scalavit.cli import main
 
-FAST = ['--batch-size', '8', '--workers', '0', '--epochs', '2', '--lr', '1e-3', '--full-warmup-epochs', '1']
-
-
-def make_image_folder(root, classes=3, train_per_class=8, val_per_class=4):
-    """Tiny 28x28 grayscale PNGs whose brightness pattern depends on the class."""
-    generator = torch.Generator().manual_seed(0)
-    for split, count in (('train', train_per_class), ('val', val_per_class)):
-        for c in range(classes):
-            folder = root / split / f'class{c}'
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = torch.rand(28, 28, generator=generator) * 60
-                pixels[:, c * 9:(c + 1) * 9] += 180
-                Image.fromarray(pixels.clamp(0, 255).byte().numpy(), 'L').save(folder / f'{i}.png')
-    return root
 
 
 @pytest.fixture
@@ -34,10 +19,6 @@ def folder(tmp_path):
 
 def run_cli(*args):
     assert main(['train', *map(str, args)]) == 0
-
-
-def read_log(run):
-    return [json.loads(line) for line in (run / 'log.jsonl').read_text().splitlines()]
 
 
 def test_training_writes_config_logs_and_checkpoints(folder, tmp_path, capsys):

@@ -14,6 +14,7 @@ from .export import FORMATS, export_width
 from .evaluate import count_macs, count_params, evaluate, median_ms, time_call
 from .model import FASHION_MODEL
 from .checkpoint import load_checkpoint, load_model
+from .pick import BUDGETS, choose, rows_for
 from .report import plot, read_report, table, write_report
 from .train import TrainConfig, train
 
@@ -167,6 +168,26 @@ def _sample_images(model, data: str, count: int) -> torch.Tensor:
     return torch.stack([dataset[i][0] for i in indices])
 
 
+def _pick(args: argparse.Namespace) -> None:
+    budget_name, budget = next((name, getattr(args, name)) for name in BUDGETS if getattr(args, name) is not None)
+    key = BUDGETS[budget_name]
+    rows, source = rows_for(args.checkpoint, args.device, args.batch, args.data, args.model, args.repeats)
+    best, cheapest = choose(rows, key, budget)
+    unit = {'latency_ms': ' ms', 'macs': ' MACs', 'params': ' parameters'}[budget_name]
+    print(f"budget: {key} <= {budget:,g}{unit}; latencies {source}")
+    cost = (lambda v: f"{v:,.3f}") if budget_name == 'latency_ms' else (lambda v: f"{int(v):,d}")
+    print(f"{'width':>7} {'top-1 %':>8} {key:>18} {'fits':>5}")
+    for row in rows:
+        mark = '  <- chosen' if row is best else ''
+        fits = 'yes' if row[key] <= budget else 'no'
+        print(f"{row['width']:>7.4g} {row['top1']:>8.2f} {cost(row[key]):>18} {fits:>5}{mark}")
+    if best is None:
+        raise ValueError(f"no width fits {key} <= {budget:,g}{unit}; the cheapest is width {cheapest['width']:g} "
+                         f"at {cost(cheapest[key])}")
+    print(f"width {best['width']:g}: the most accurate width within the budget (top-1 {best['top1']:.2f}%, "
+          f"{key} {cost(best[key])})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='scalavit', description='Train one slimmable Vision Transformer (Scala) and serve any of its widths.')
@@ -219,6 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
                                        'for an authors\' checkpoint)')
     export.add_argument('--images', type=int, default=256, help='how many images to check on')
     export.set_defaults(run=_export)
+
+    pick = commands.add_parser('pick', help='the most accurate width that fits a latency, MACs or parameter budget',
+                               description='Answer with the most accurate width of a checkpoint within a budget on '
+                                           'this device; accuracies come from `scalavit eval` (run first if missing).')
+    pick.add_argument('checkpoint')
+    budget = pick.add_mutually_exclusive_group(required=True)
+    budget.add_argument('--latency-ms', type=float, help='median latency budget in milliseconds')
+    budget.add_argument('--macs', type=float, help='MACs per image')
+    budget.add_argument('--params', type=float, help='parameters')
+    pick.add_argument('--batch', type=int, default=1, help='batch size the latency budget is for')
+    pick.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    pick.add_argument('--data', help="evaluation data when no evaluation is saved (default: the training data)")
+    pick.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
+    pick.add_argument('--repeats', type=int, default=30, help='timed calls per width when measuring latency')
+    pick.set_defaults(run=_pick)
     return parser
 
 

@@ -124,9 +124,9 @@ def accuracy(members: list[Member], loader: DataLoader, device: torch.device) ->
     return [(100 * top1 / total, 100 * top5 / total) for top1, top5 in correct]
 
 
-def latency_ms(member: Member, input_size, device, repeats: int) -> tuple[float, float]:
-    """Median and 90th percentile of a batch-1 forward."""
-    x = torch.randn(1, *input_size, device=device)
+def latency_ms(member: Member, input_size, device, repeats: int, batch_size: int = 1) -> tuple[float, float]:
+    """Median and 90th percentile of a forward at ``batch_size`` (1: latency as a single request sees it)."""
+    x = torch.randn(batch_size, *input_size, device=device)
     with torch.inference_mode():
         times = time_call(lambda: member.model(x, member.width), repeats)
     return median_ms(times), 1e3 * float(np.percentile(times, 90))

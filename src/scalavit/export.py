@@ -4,6 +4,7 @@ The dense model reproduces the width exactly: the channels Isolated Activation c
 fused qkv matrix, and the full model's attention scale, which is folded into the query rows because timm's attention
 always scales by head_dim ** -0.5.
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -126,12 +127,9 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if fmt == 'onnx':
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime  # noqa: F401
-        except ImportError as error:
-            raise ValueError(f"ONNX export needs onnx and onnxruntime ({error}): pip install 'scalavit[onnx]'")
+    missing = [name for name in ('onnx', 'onnxruntime') if fmt == 'onnx' and importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"ONNX export needs {' and '.join(missing)}: pip install 'scalavit[onnx]'")
     width = model.grid.snap(width)
     output = Path(output)
     if output.exists() and any(output.iterdir()) and not force:

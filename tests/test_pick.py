@@ -1,0 +1,40 @@
+import json
+
+import pytest
+
+from scalavit.cli import main
+from scalavit.pick import choose
+
+ROWS = [dict(width=0.25, top1=80.0, macs=100, params=10, latency_ms_median=1.0),
+        dict(width=0.5, top1=84.0, macs=300, params=30, latency_ms_median=2.0),
+        dict(width=0.75, top1=83.0, macs=600, params=60, latency_ms_median=3.0),
+        dict(width=1.0, top1=86.0, macs=900, params=90, latency_ms_median=4.0)]
+
+
+def test_choose_takes_the_most_accurate_width_within_the_budget():
+    assert choose(ROWS, 'macs', 700)[0]['width'] == 0.5  # 0.75 fits too but is less accurate
+    assert choose(ROWS, 'latency_ms_median', 4.0)[0]['width'] == 1.0
+    best, cheapest = choose(ROWS, 'params', 5)
+    assert best is None and cheapest['width'] == 0.25
+
+
+def test_pick_reads_the_saved_evaluation_and_explains_its_choice(trained, capsys):
+    run = trained / 'scala'
+    assert main(['pick', str(run), '--macs', '1e12', '--repeats', '2']) == 0  # evaluates first if needed
+    rows = json.loads((run / 'results.json').read_text())['rows']
+    out = capsys.readouterr().out
+    best = max(rows, key=lambda r: (r['top1'], -r['macs']))
+    assert f"width {best['width']:g}: the most accurate width within the budget" in out
+    assert out.count('yes') == 13 and 'chosen' in out
+
+
+def test_pick_measures_latency_at_another_batch_and_says_when_nothing_fits(trained, capsys):
+    assert main(['pick', str(trained / 'scala'), '--latency-ms', '1e-6', '--batch', '4', '--repeats', '2']) == 2
+    captured = capsys.readouterr()
+    assert 'measured now' in captured.out and 'batch 4' in captured.out
+    assert 'no width fits' in captured.err and 'the cheapest is width' in captured.err
+
+
+def test_pick_needs_exactly_one_budget(trained):
+    with pytest.raises(SystemExit):
+        main(['pick', str(trained / 'scala')])
