@@ -5,7 +5,7 @@ Progressive Knowledge Transfer, Stable Sampling and Noise Calibration. The separ
 Scala runs use the distilled variant of the model, as the paper's DeiTs do). Every run is evaluated at every width and
 the tables, in the form of SPEC section 6, go to docs/RESULTS.md with a plot.
 
-    python benchmarks/paper_table.py               # the whole study (under an hour on 2 CPU cores)
+    python benchmarks/paper_table.py               # the whole study (writes docs/RESULTS.md)
     python benchmarks/paper_table.py --quick       # the same pipeline on a few steps per run, for CI
 """
 import argparse
@@ -73,7 +73,7 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--epochs', type=int, default=6, help='the epoch budget of every run')
+    parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run')
     parser.add_argument('--quick', action='store_true', help='3 steps a run and a report elsewhere: checks the pipeline')
     parser.add_argument('--output', type=Path, default=Path('runs/paper_table'))
     parser.add_argument('--doc', type=Path, default=Path('docs/RESULTS.md'))
@@ -105,7 +105,7 @@ def main():
     plot({name: results[name] for name in ('Separate Training', 'US-Net', 'Scala')}, 'macs', figure,
          'Fashion-MNIST, same epoch budget')
     command = 'python benchmarks/paper_table.py' + (' --quick' if args.quick else '') + (
-        f' --epochs {args.epochs}' if args.epochs != 6 else '')
+        f' --epochs {args.epochs}' if args.epochs != 5 else '')
     params = {name: results[name][-1]['params'] for name in ('US-Net', 'Scala')}
     params['Separate Training'] = sum(r['params'] for r in results['Separate Training'])  # a model per width
     main_rows = [[name, f"{params[name]:,}"] + top1_at(results[name], TABLE_WIDTHS)
