@@ -15,10 +15,8 @@ import argparse
 import contextlib
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 import timm
 import torch
@@ -27,13 +25,9 @@ from timm.data.mixup import mixup_target
 
 import scalavit  # noqa: F401  (registers the scala_* models)
 from scalavit import to_timm
+from scalavit.evaluate import time_alternately
 from scalavit.methods import Scala
 from scalavit.train import SubNetworkPasses
-
-
-class NoScaler:
-    def scale(self, loss):
-        return loss
 
 
 def make_batch(model, batch_size, device):
@@ -52,7 +46,8 @@ def scala_step_fn(model, images, target, seed):
     def step():
         optimizer.zero_grad(set_to_none=True)
         generator.manual_seed(seed)
-        method.step(SubNetworkPasses(model, images, contextlib.nullcontext, NoScaler()), target, 0, generator)
+        method.step(SubNetworkPasses(model, images, contextlib.nullcontext,
+                                     torch.amp.GradScaler('cuda', enabled=False)), target, 0, generator)
         optimizer.step()
     return step
 
@@ -76,24 +71,6 @@ def full_step_fn(model, images, target):
         F.cross_entropy(model(images), target).backward()
         optimizer.step()
     return step
-
-
-def synchronize(device):
-    if device.startswith('cuda'):
-        torch.cuda.synchronize()
-
-
-def median_times(fn_a, fn_b, calls, device):
-    fn_a(), fn_b()
-    a, b = [], []
-    for _ in range(calls):
-        for fn, times in ((fn_a, a), (fn_b, b)):
-            synchronize(device)
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(a), statistics.median(b)
 
 
 def peak_memory_mib(args, kind):
@@ -154,7 +131,7 @@ def main():
     images, target = make_batch(model, args.batch_size, args.device)
     dense_models = [to_timm(model, w).to(args.device).train() for w in widths]
     dense_step = dense_steps_fn(dense_models, images, target)
-    scala_time, dense_time = median_times(scala_step, dense_step, args.calls, args.device)
+    scala_time, dense_time = time_alternately(scala_step, dense_step, args.calls, warmup=1)
     print(f"{args.model}, batch {args.batch_size}, {args.device}, fp32, {torch.get_num_threads()} threads, "
           f"widths {widths}")
     print(f"{'':32} {'ms':>10}")

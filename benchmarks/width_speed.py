@@ -8,8 +8,6 @@ between the two (ABAB...) so that drift of a noisy machine hits both alike; each
     python benchmarks/width_speed.py --model scala_vit_mini_patch7_28 --batch-sizes 1 256
 """
 import argparse
-import statistics
-import time
 
 import timm
 import torch
@@ -17,19 +15,7 @@ import torch.nn.functional as F
 
 import scalavit  # noqa: F401  (registers the scala_* models)
 from scalavit import to_timm
-
-
-def alternate(fn_a, fn_b, calls: int, warmup: int = 2) -> tuple[float, float]:
-    """Median seconds of ``fn_a`` and of ``fn_b``, called alternately."""
-    for _ in range(warmup):
-        fn_a(), fn_b()
-    times_a, times_b = [], []
-    for _ in range(calls):
-        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-    return statistics.median(times_a), statistics.median(times_b)
+from scalavit.evaluate import time_alternately
 
 
 def calls_for(seconds_per_call: float, budget: float) -> int:
@@ -41,8 +27,8 @@ def inference_rows(model, widths, batch_size, budget):
     for width in widths:
         dense = to_timm(model, width).eval()
         with torch.inference_mode():
-            probe, _ = alternate(lambda: model(x, width), lambda: dense(x), calls=1, warmup=1)
-            ours, theirs = alternate(lambda: model(x, width), lambda: dense(x), calls_for(probe, budget))
+            probe, _ = time_alternately(lambda: model(x, width), lambda: dense(x), calls=1, warmup=1)
+            ours, theirs = time_alternately(lambda: model(x, width), lambda: dense(x), calls_for(probe, budget))
         yield width, ours, theirs
 
 
@@ -57,8 +43,8 @@ def training_rows(model, widths, batch_size, budget):
     model.train()
     for width in widths:
         dense = to_timm(model, width).train()
-        probe, _ = alternate(lambda: step(model, width), lambda: step(dense), calls=1, warmup=1)
-        ours, theirs = alternate(lambda: step(model, width), lambda: step(dense), calls_for(probe, budget))
+        probe, _ = time_alternately(lambda: step(model, width), lambda: step(dense), calls=1, warmup=1)
+        ours, theirs = time_alternately(lambda: step(model, width), lambda: step(dense), calls_for(probe, budget))
         yield width, ours, theirs
     model.eval()
 

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 
@@ -18,14 +19,21 @@ def test_choose_takes_the_most_accurate_width_within_the_budget():
     assert best is None and cheapest['width'] == 0.25
 
 
-def test_pick_reads_the_saved_evaluation_and_explains_its_choice(trained, capsys):
-    run = trained / 'scala'
-    assert main(['pick', str(run), '--macs', '1e12', '--repeats', '2']) == 0  # evaluates first if needed
-    rows = json.loads((run / 'results.json').read_text())['rows']
+def test_pick_reads_the_saved_evaluation_and_explains_its_choice(trained, tmp_path, capsys):
+    run = tmp_path / 'run'
+    shutil.copytree(trained / 'scala', run)
+    (run / 'results.json').unlink(missing_ok=True)
+    assert main(['pick', str(run), '--macs', '1e12', '--repeats', '2']) == 0  # no report yet: evaluates first
+    report = json.loads((run / 'results.json').read_text())
+    assert len(report['rows']) == 13 and capsys.readouterr().out.count('yes') == 13
+    # The accuracies it decides from are the saved ones: mark width 0.5 best there and it is chosen.
+    for row in report['rows']:
+        row['top1'] = 99.0 if row['width'] == 0.5 else 1.0
+    (run / 'results.json').write_text(json.dumps(report))
+    assert main(['pick', str(run), '--macs', '1e12']) == 0
     out = capsys.readouterr().out
-    best = max(rows, key=lambda r: (r['top1'], -r['macs']))
-    assert f"width {best['width']:g}: the most accurate width within the budget" in out
-    assert out.count('yes') == 13 and 'chosen' in out
+    assert 'width 0.5: the most accurate width within the budget (top-1 99.00%' in out
+    assert 'measured by `scalavit eval`' in out
 
 
 def test_pick_measures_latency_at_another_batch_and_says_when_nothing_fits(trained, capsys):

@@ -10,10 +10,10 @@ import timm
 import torch
 import yaml
 
-from .export import FORMATS, export_width
-from .evaluate import count_macs, count_params, evaluate, median_ms, time_call
-from .model import FASHION_MODEL
 from .checkpoint import load_checkpoint, load_model
+from .evaluate import count_macs, count_params, evaluate, evaluation_set, median_ms, time_call
+from .export import FORMATS, export_width
+from .model import FASHION_MODEL
 from .pick import BUDGETS, choose, rows_for
 from .report import plot, read_report, table, write_report
 from .train import TrainConfig, train
@@ -160,10 +160,8 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _sample_images(model, data: str, count: int) -> torch.Tensor:
-    from timm.data import resolve_data_config
-    from .data import build_eval_dataset, build_transform
-    data_config = resolve_data_config(model=model)
-    dataset, _ = build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
+    """``count`` images spread evenly over the evaluation set."""
+    dataset, _ = evaluation_set(model, data)
     indices = torch.linspace(0, len(dataset) - 1, min(count, len(dataset))).long().tolist()
     return torch.stack([dataset[i][0] for i in indices])
 
@@ -197,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     widths.add_argument('--model', default=FASHION_MODEL, help=f'a scala_* model name (default {FASHION_MODEL})')
     widths.add_argument('--smallest', type=float, default=0.25)
     widths.add_argument('--largest', type=float, default=1.0)
-    widths.add_argument('--granularity', type=float, default=1 / 16)
+    widths.add_argument('--granularity', type=_number, default=1 / 16, help='step between widths, e.g. 1/16')
     widths.add_argument('--repeats', type=int, default=20, help='timed batch-1 calls per width')
     widths.set_defaults(run=_widths)
 

@@ -62,6 +62,24 @@ def time_call(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[f
     return times
 
 
+def time_alternately(fn_a: Callable[[], object], fn_b: Callable[[], object], calls: int,
+                     warmup: int = 2) -> tuple[float, float]:
+    """Median seconds of ``fn_a`` and of ``fn_b``, called in turn (ABAB...) so that a noisy machine's drift hits
+    both alike: how the benchmarks compare two implementations side by side."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    times_a, times_b = [], []
+    for _ in range(calls):
+        for fn, times in ((fn_a, times_a), (fn_b, times_b)):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+    return statistics.median(times_a), statistics.median(times_b)
+
+
 def median_ms(times: list[float]) -> float:
     return 1e3 * statistics.median(times)
 
@@ -84,9 +102,10 @@ def load_members(paths: list[str], device: torch.device,
     """
     if len(paths) == 1:
         model, config = load_model(paths[0], model_name)
-        if config.get('method') != 'separate':
-            model = model.to(device).eval()
-            return [Member(w, model, w, str(paths[0])) for w in model.widths], config
+        model = model.to(device).eval()
+        if config.get('method') == 'separate':
+            return [Member(config['width'], model, None, str(paths[0]))], config
+        return [Member(w, model, w, str(paths[0])) for w in model.widths], config
     checkpoints = [load_checkpoint(path) for path in paths]
     configs = [c['config'] for c in checkpoints]
     for path, config in zip(paths[1:], configs[1:]):
@@ -140,6 +159,13 @@ def throughput(member: Member, input_size, device, batch_size: int, repeats: int
     return batch_size / statistics.median(times)
 
 
+def evaluation_set(model: SlimmableVisionTransformer, data: str):
+    """The evaluation images of ``data`` ('fashion-mnist' or an image folder's val/) at the model's input size,
+    mean and std, and their class names."""
+    data_config = resolve_data_config(model=model)
+    return build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
+
+
 def environment(device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or
                                                                            platform.machine())
@@ -156,13 +182,12 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
     data = data or config.get('data')
     if data is None:
         raise ValueError(f"{paths[0]} does not say what it was trained on; name the evaluation data with --data")
-    data_config = resolve_data_config(model=members[0].model)
-    dataset, classes = build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
+    dataset, classes = evaluation_set(members[0].model, data)
     if len(classes) != members[0].model.num_classes:
         raise ValueError(f"--data {data} has {len(classes)} classes, the checkpoint predicts "
                          f"{members[0].model.num_classes}")
     loader = DataLoader(SkipUnreadable(dataset), batch_size, num_workers=workers, collate_fn=collate_readable)
-    input_size = data_config['input_size']
+    input_size = members[0].model.pretrained_cfg['input_size']
     rows = []
     for member, (top1, top5) in zip(members, accuracy(members, loader, device)):
         median, p90 = latency_ms(member, input_size, device, latency_repeats)
