@@ -7,6 +7,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -166,9 +167,18 @@ def evaluation_set(model: SlimmableVisionTransformer, data: str):
     return build_eval_dataset(data, build_transform(data_config, False), data_config['input_size'][0])
 
 
+def cpu_name() -> str:
+    """The processor's model name where Linux tells it (platform.processor() only gives the architecture there)."""
+    cpuinfo = Path('/proc/cpuinfo')
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith('model name'):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (platform.processor() or
-                                                                           platform.machine())
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
     return dict(device=str(device), device_name=name, threads=torch.get_num_threads(), dtype='float32',
                 torch=torch.__version__, timm=timm.__version__, python=platform.python_version())
 
