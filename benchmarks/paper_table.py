@@ -247,6 +247,8 @@ Model: `{MODEL}` (patch 7, width 96, 3 heads, depth 4) for Separate Training and
 `{DISTILLED_MODEL}` for Scala and its ablations, taught by the Separate Training model of width 1.0 (DeiT hard
 distillation). Grid 0.25 to 1.0 by 1/16 (13 widths); full-width warm-up {common['full_warmup_epochs']} epoch(s);
 the training recipe is `scalavit train`'s default for the built-in data. Test top-1 (%) on the 10,000 test images.
+One seed a run: how far a second seed moves Scala, and what a longer budget changes, is in
+[results_followups.md](results_followups.md).
 
 MACs per image of Scala's distilled model (18 tokens: 16 patches, the class and the distillation token) at widths
 {', '.join(f'{w:g}' for w in TABLE_WIDTHS)}: {' / '.join(f'{macs[w] / 1e6:.2f} M' for w in TABLE_WIDTHS)}.
