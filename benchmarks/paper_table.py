@@ -90,7 +90,8 @@ def train_once(root: Path, timings: Timings, name: str, common: dict, **options)
         resume = str(output)
     start = time.perf_counter()
     train(config, resume=resume)
-    seconds = time.perf_counter() - start + timings.seconds.get(f'train {name}', 0) * (resume is not None)
+    earlier = timings.seconds.get(f'train {name}', 0) if resume else 0  # a run continued with a larger budget
+    seconds = earlier + time.perf_counter() - start
     timings.record(f'train {name}', seconds)
     print(f"[{name}] trained in {seconds:.0f} s", flush=True)
     return output
