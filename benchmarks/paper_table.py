@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from scalavit.evaluate import cpu_name, evaluate
-from scalavit.report import plot, read_report, write_report, write_text_atomically
+from scalavit.files import write_text_atomically
+from scalavit.report import plot, read_report, write_report
 from scalavit.train import TrainConfig, train
 
 MODEL = 'scala_vit_mini_patch7_28'

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -61,18 +63,44 @@ def test_a_model_trained_with_eps_1e5_exports_with_its_measured_difference(tmp_p
     assert json.loads((tmp_path / 'out' / 'export.json').read_text())['norm_eps'] == 1e-5
 
 
-def test_an_export_never_replaces_a_folder_silently(tmp_path):
+def test_force_replaces_an_earlier_export_and_nothing_else(tmp_path):
     model = randomize(timm.create_model('scala_vit_mini_patch7_28')).eval()
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'mine.txt').write_text('keep me')
     with pytest.raises(FileExistsError, match='--force'):
         export_width(model, 0.5, tmp_path / 'out')
+    with pytest.raises(FileExistsError, match='not an earlier export .it holds mine.txt'):
+        export_width(model, 0.5, tmp_path / 'out', force=True)
     with pytest.raises(ValueError, match='not on this model'):
         export_width(model, 0.3, tmp_path / 'other', force=True)
-    assert (tmp_path / 'out' / 'mine.txt').read_text() == 'keep me'
-    export_width(model, 0.5, tmp_path / 'out', force=True)
-    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['config.json', 'export.json', 'model.safetensors']
-    assert [p.name for p in tmp_path.iterdir()] == ['out']  # no staging folder left behind
+    assert [p.name for p in (tmp_path / 'out').iterdir()] == ['mine.txt']
+    export_width(model, 0.5, tmp_path / 'export')
+    first = (tmp_path / 'export' / 'model.safetensors').read_bytes()
+    export_width(model, 0.25, tmp_path / 'export', force=True)
+    assert sorted(p.name for p in (tmp_path / 'export').iterdir()) == ['config.json', 'export.json',
+                                                                        'model.safetensors']
+    assert (tmp_path / 'export' / 'model.safetensors').read_bytes() != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['export', 'out']  # no staging folder left behind
+
+
+def test_an_export_into_its_own_run_directory_is_refused_and_loses_nothing(trained, capsys):
+    run = trained / 'scala'
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for output in (run, run.parent):
+        assert main(['export', str(run), '--width', '0.5', '--output', str(output), '--force']) == 2
+        assert 'is or contains the checkpoint being exported' in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
+
+
+def test_exports_are_readable_by_others_as_any_file_the_user_writes(tmp_path):
+    model = randomize(timm.create_model('scala_vit_mini_patch7_28')).eval()
+    old = os.umask(0o022)
+    try:
+        export_width(model, 0.5, tmp_path / 'out')
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / 'out').stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / 'out').iterdir()} == {0o644}
 
 
 def test_an_authors_checkpoint_exports_and_evaluates_with_its_architecture_inferred(tmp_path, capsys):

@@ -1,6 +1,5 @@
 """Checkpoints: atomic saving, loading with errors that name what does not fit, random states."""
 import math
-import os
 import random
 from pathlib import Path
 from typing import Any, Optional
@@ -9,6 +8,7 @@ import numpy as np
 import timm
 import torch
 
+from .files import write_atomically
 from .model import SlimmableVisionTransformer
 
 
@@ -45,16 +45,34 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
 
 
 def build_model_from_checkpoint(checkpoint: dict, source: str) -> SlimmableVisionTransformer:
+    """The trained model, with its class names as timm's ``pretrained_cfg['label_names']``."""
     model = timm.create_model(checkpoint['config']['model'], **checkpoint['model_kwargs'])
     load_weights(model, checkpoint['model'], source)
+    set_label_names(model, checkpoint.get('classes'))
     return model
 
 
+def set_label_names(model: torch.nn.Module, classes: Optional[list[str]]) -> None:
+    if classes is not None:
+        model.pretrained_cfg = dict(model.pretrained_cfg, label_names=list(classes))
+
+
+def check_same_classes(expected: Optional[list[str]], given: list[str], expected_source: str,
+                       given_source: str) -> None:
+    """Refuse to pair a model with data (or a teacher) whose classes are others, even when there are as many."""
+    if expected is None:
+        return
+    if list(expected) != list(given):
+        differing = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(expected, given)) if a != b]
+        if len(expected) != len(given):
+            differing.insert(0, f"{len(expected)} classes vs {len(given)}")
+        raise ValueError(f"{given_source} has other classes than {expected_source}: {'; '.join(differing[:4])}"
+                         f"{' ...' if len(differing) > 4 else ''}; use data with the classes it was trained on")
+
+
 def save_atomically(obj: Any, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    tmp = path.with_name(f'.{path.name}.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` that a crash or a power cut never leaves half-written (see ``files``)."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def random_states() -> dict:

@@ -3,20 +3,21 @@ import argparse
 import dataclasses
 import sys
 import typing
-from fractions import Fraction
 from pathlib import Path
 
 import timm
 import torch
-import yaml
 
 from .checkpoint import load_checkpoint, load_model
 from .evaluate import count_macs, count_params, evaluate, evaluation_set, median_ms, time_call
 from .export import FORMATS, export_width
-from .model import FASHION_MODEL
+from .model import FASHION_MODEL, check_device, check_slimmable_model_name
 from .pick import BUDGETS, choose, rows_for
 from .report import plot, read_report, table, write_report
-from .train import TrainConfig, train
+from .config import TrainConfig, option_kind, parse_number, read_config_file
+from .files import check_writable_directory
+from .rundir import resumed_config, run_directory
+from .train import train
 
 _HELP = {
     'method': 'scala, usnet (US-Net baseline) or separate (one ordinary model of --width)',
@@ -37,18 +38,15 @@ _HELP = {
 def _number(text: str) -> float:
     """A float or a fraction such as 1/16."""
     try:
-        return float(Fraction(text))
+        return parse_number(text)
     except (ValueError, ZeroDivisionError):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/16")
 
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; options left out keep the --config file's value, then the default."""
-    hints = typing.get_type_hints(TrainConfig)
     for field in dataclasses.fields(TrainConfig):
-        flag, hint = '--' + field.name.replace('_', '-'), hints[field.name]
-        optional = typing.get_origin(hint) is typing.Union
-        kind = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+        flag, (kind, _) = '--' + field.name.replace('_', '-'), option_kind(field)
         default = field.default if field.default is not dataclasses.MISSING else None
         help_text = f"{_HELP.get(field.name, '')} (default: {default})".strip()
         if kind is bool:
@@ -62,32 +60,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resume', help='continue the run in this directory (or from this last.pt)')
 
 
-def _read_config_file(path: Path) -> dict:
-    if not path.is_file():
-        raise FileNotFoundError(f"--config {path}: no such file")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"--config {path}: expected a mapping of option names to values")
-    values = {key.replace('-', '_'): value for key, value in values.items()}
-    known = {field.name for field in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"--config {path}: unknown option(s) {', '.join(unknown)}; see `scalavit train --help`")
-    if isinstance(values.get('granularity'), str):
-        values['granularity'] = float(Fraction(values['granularity']))
-    return values
-
-
 def _train(args: argparse.Namespace) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ('command', 'run', 'config', 'resume')}
-    if options.get('auto_augment') == 'none':
-        options['auto_augment'] = None
     values = {}
     if args.resume:
-        values = load_checkpoint(args.resume)['config']
-        values['output'] = str(Path(args.resume) if Path(args.resume).is_dir() else Path(args.resume).parent)
+        values = resumed_config(args.resume)
+        values['output'] = str(run_directory(args.resume))
     if args.config:
-        values.update(_read_config_file(args.config))
+        values.update(read_config_file(args.config))
     values.update(options)
     config = TrainConfig(**values)
     row = train(config, resume=args.resume)
@@ -103,6 +83,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _widths(args: argparse.Namespace) -> None:
     """Print every width of a (randomly initialised) model: channels, parameters, MACs and batch-1 latency."""
+    check_slimmable_model_name(args.model)
     torch.manual_seed(0)
     model = timm.create_model(args.model, smallest=args.smallest, largest=args.largest,
                               granularity=args.granularity).eval()
@@ -125,12 +106,15 @@ def _eval(args: argparse.Namespace) -> None:
             raise ValueError("a family of checkpoints needs --output DIR for its report")
         first = Path(args.checkpoints[0])
         args.output = first if first.is_dir() else first.parent
+    check_writable_directory(args.output, '--output')
+    check_device(args.device)
     report = evaluate(args.checkpoints, args.data, args.device, args.batch_size, args.workers, args.latency_repeats,
                       model_name=args.model)
     write_report(report, args.output, args.output.name)
     meta = report['meta']
-    print(f"{meta['model']} ({meta['method']}) on {meta['data']}, {meta['images']} images; latency at batch 1 and "
-          f"throughput at batch {meta['throughput_batch']} on {meta['device_name']}, {meta['threads']} threads, fp32")
+    skipped = f" ({meta['skipped_images']} unreadable, skipped)" if meta.get('skipped_images') else ''
+    print(f"{meta['model']} ({meta['method']}) on {meta['data']}, {meta['images']} images scored{skipped}; "
+          f"latency at batch 1 and throughput at batch {meta['throughput_batch']} on {meta['device_name']}, {meta['threads']} threads, fp32")
     print(table(report['rows']))
     print(f"results.csv, results.json, accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
 
@@ -139,7 +123,7 @@ def _compare(args: argparse.Namespace) -> None:
     runs = {Path(run).name: read_report(run)['rows'] for run in args.runs}
     if len(runs) != len(args.runs):
         raise ValueError("two runs share a directory name; give runs whose directories are named apart")
-    args.output.mkdir(parents=True, exist_ok=True)
+    check_writable_directory(args.output, '--output')
     plot(runs, 'macs', args.output / 'accuracy_vs_macs.png', 'top-1 against MACs')
     plot(runs, 'latency_ms_median', args.output / 'accuracy_vs_latency.png', 'top-1 against batch-1 latency')
     print(table([dict(row, run=name) for name, rows in runs.items() for row in rows], label='run'))
@@ -149,7 +133,7 @@ def _compare(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     model, config = load_model(args.checkpoint, args.model)
     inputs = _sample_images(model, args.data or config.get('data'), args.images) if (args.data or config) else None
-    check = export_width(model, args.width, args.output, args.format, args.force, inputs)
+    check = export_width(model, args.width, args.output, args.format, args.force, inputs, args.checkpoint)
     source = f"{check['images']} {'images of ' + (args.data or config['data']) if inputs is not None else 'random inputs'}"
     print(f"width {check['width']:g} of {args.checkpoint} written to {args.output} ({args.format})")
     print(f"checked on {source}: max |logit difference| {check['max_abs_logit_difference']:.2e}, "
@@ -169,6 +153,7 @@ def _sample_images(model, data: str, count: int) -> torch.Tensor:
 def _pick(args: argparse.Namespace) -> None:
     budget_name, budget = next((name, getattr(args, name)) for name in BUDGETS if getattr(args, name) is not None)
     key = BUDGETS[budget_name]
+    check_device(args.device)
     rows, source = rows_for(args.checkpoint, args.device, args.batch, args.data, args.model, args.repeats)
     best, cheapest = choose(rows, key, budget)
     unit = {'latency_ms': ' ms', 'macs': ' MACs', 'params': ' parameters'}[budget_name]
@@ -256,11 +241,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(error: BaseException) -> str:
+    """The message of an error; an OSError raised by the system names its file, as the user gave it."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return ' '.join(str(error).split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"scalavit {args.command}: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        print(f"scalavit {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"scalavit {args.command}: interrupted; what was saved stays (a run continues with --resume)",
+              file=sys.stderr)
+        return 130
     return 0

@@ -17,7 +17,7 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .checkpoint import build_model_from_checkpoint, load_checkpoint, load_model
+from .checkpoint import build_model_from_checkpoint, check_same_classes, load_checkpoint, load_model
 from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
 from .export import dense_state_dict
 from .model import SlimmableVisionTransformer
@@ -123,14 +123,24 @@ def load_members(paths: list[str], device: torch.device,
     return sorted(members, key=lambda m: m.label), configs[0]
 
 
+@dataclass
+class Scores:
+    """Top-1 and top-5 (%) of every member over ``images`` scored images; ``skipped`` could not be decoded."""
+
+    top1_top5: list[tuple[float, float]]
+    images: int
+    skipped: int
+
+
 @torch.no_grad()
-def accuracy(members: list[Member], loader: DataLoader, device: torch.device) -> list[tuple[float, float]]:
-    """(top-1 %, top-5 %) of every member, each batch decoded once and run through all of them."""
+def accuracy(members: list[Member], loader: DataLoader, device: torch.device) -> Scores:
+    """Each batch is decoded once and run through every member."""
     num_classes = members[0].model.num_classes
     k = min(5, num_classes)
     correct = np.zeros((len(members), 2))
-    total = 0
-    for images, targets, _ in loader:
+    total = skipped = 0
+    for images, targets, dropped in loader:
+        skipped += dropped
         if images is None:
             continue
         images, targets = images.to(device), targets.to(device)
@@ -140,8 +150,8 @@ def accuracy(members: list[Member], loader: DataLoader, device: torch.device) ->
             correct[i] += (hits[:, 0].sum().item(), hits.any(dim=-1).sum().item())
         total += len(targets)
     if total == 0:
-        raise ValueError("no image of the evaluation set could be read")
-    return [(100 * top1 / total, 100 * top5 / total) for top1, top5 in correct]
+        raise ValueError(f"none of the {skipped} images of the evaluation set could be read")
+    return Scores([(100 * top1 / total, 100 * top5 / total) for top1, top5 in correct], total, skipped)
 
 
 def latency_ms(member: Member, input_size, device, repeats: int, batch_size: int = 1) -> tuple[float, float]:
@@ -196,10 +206,14 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
     if len(classes) != members[0].model.num_classes:
         raise ValueError(f"--data {data} has {len(classes)} classes, the checkpoint predicts "
                          f"{members[0].model.num_classes}")
+    for member in members:
+        check_same_classes(member.model.pretrained_cfg.get('label_names'), classes, member.checkpoint,
+                           f"--data {data}")
     loader = DataLoader(SkipUnreadable(dataset), batch_size, num_workers=workers, collate_fn=collate_readable)
     input_size = members[0].model.pretrained_cfg['input_size']
+    scores = accuracy(members, loader, device)
     rows = []
-    for member, (top1, top5) in zip(members, accuracy(members, loader, device)):
+    for member, (top1, top5) in zip(members, scores.top1_top5):
         median, p90 = latency_ms(member, input_size, device, latency_repeats)
         rows.append(dict(
             width=member.label, top1=round(top1, 2), top5=round(top5, 2),
@@ -209,6 +223,6 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
             checkpoint=member.checkpoint))
     meta = dict(environment(device), method=config.get('method', 'scala'),
                 model=config.get('model', members[0].model.pretrained_cfg['architecture']), data=data,
-                images=len(dataset), checkpoints=list(map(str, paths)), latency_batch=1,
+                images=scores.images, skipped_images=scores.skipped, checkpoints=list(map(str, paths)), latency_batch=1,
                 throughput_batch=throughput_batch)
     return dict(rows=rows, meta=meta)

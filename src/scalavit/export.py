@@ -6,9 +6,6 @@ always scales by head_dim ** -0.5.
 """
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -20,6 +17,7 @@ import torch.nn as nn
 from timm.models._hub import save_config_for_hf
 from timm.models.vision_transformer import VisionTransformer
 
+from .files import check_writable_directory, staging_directory
 from .model import SlimmableVisionTransformer
 
 TIMM_NORM_EPS = 1e-6  # timm's ViT LayerNorm, the only epsilon a serialised timm config can carry
@@ -117,13 +115,15 @@ ONNX_OPSET = 17
 
 
 def export_width(model: SlimmableVisionTransformer, width: float, output: Path, fmt: str = 'safetensors',
-                 force: bool = False, inputs: Optional[torch.Tensor] = None) -> dict:
+                 force: bool = False, inputs: Optional[torch.Tensor] = None,
+                 checkpoint: Optional[Path] = None) -> dict:
     """Write width ``width`` as a standalone model in ``output`` and check it against the slimmable model.
 
     safetensors: timm's local-folder format (config.json + model.safetensors), which
     ``timm.create_model('local-dir:DIR', pretrained=True)`` rebuilds with no scalavit import. onnx: model.onnx
     (opset 17, dynamic batch). torchscript: model.pt. config.json with the preprocessing comes with every format.
     Returns the check on ``inputs`` (random images when None): max abs logit difference and top-1 agreement.
+    ``force`` replaces an earlier export in ``output``, never a folder holding anything else or ``checkpoint``.
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -132,15 +132,12 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
         raise ValueError(f"ONNX export needs {' and '.join(missing)}: pip install 'scalavit[onnx]'")
     width = model.grid.snap(width)
     output = Path(output)
-    if output.exists() and any(output.iterdir()) and not force:
-        raise FileExistsError(f"{output} exists and is not empty; choose another --output or pass --force")
+    check_export_output(output, force, checkpoint)
     model = model.eval()
     dense = to_timm(model, width, exact_norm=False).eval()
     if inputs is None:
         inputs = torch.randn(64, *model.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{output.name}.', dir=output.parent))  # same filesystem: renames work
-    try:
+    with staging_directory(output) as staging:
         _save_timm_config(dense, model, width, staging)
         if fmt == 'safetensors':
             safetensors.torch.save_file(dense.state_dict(), str(staging / 'model.safetensors'))
@@ -152,16 +149,40 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
             torch.jit.save(torch.jit.trace(dense, inputs[:2]), str(staging / 'model.pt'))
         check = _check(model, width, staging, fmt, inputs)
         (staging / 'export.json').write_text(json.dumps(check, indent=2) + '\n')
-        _replace_directory(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return check
+
+
+# What an export writes; ``--force`` replaces a folder holding nothing else.
+EXPORT_FILES = {'config.json', 'export.json', 'model.safetensors', 'model.onnx', 'model.pt'}
+
+
+def check_export_output(output: Path, force: bool, checkpoint: Optional[Path] = None) -> None:
+    """Refuse an ``--output`` that would lose something: a file, the checkpoint being read (or a folder holding it),
+    a non-empty folder without ``force``, and with ``force`` any folder that is not an earlier export."""
+    if checkpoint is not None:
+        source = Path(checkpoint).resolve()
+        if source == output.resolve() or output.resolve() in source.parents:
+            raise ValueError(f"--output {output} is or contains the checkpoint being exported ({checkpoint}); "
+                             "choose a folder of its own")
+    check_writable_directory(output, '--output', create=False)
+    if not output.exists() or not any(output.iterdir()):
+        return
+    if not force:
+        raise FileExistsError(f"--output {output} exists and is not empty; choose another --output, or pass --force "
+                              "to replace an earlier export")
+    others = sorted(entry.name for entry in output.iterdir() if entry.name not in EXPORT_FILES or entry.is_dir())
+    if others or not (output / 'export.json').is_file():
+        holds = ', '.join(others[:5]) if others else 'no export.json'
+        raise FileExistsError(f"--output {output} is not an earlier export (it holds {holds}); --force only replaces "
+                              "an export. Choose another --output")
 
 
 def _save_timm_config(dense: VisionTransformer, model: SlimmableVisionTransformer, width: float, folder: Path):
     cfg = model.pretrained_cfg
     data_config = {key: cfg[key] for key in ('input_size', 'mean', 'std', 'crop_pct', 'interpolation')}
     model_config = dict(pretrained_cfg=dict(tag=f'scala_width_{width:g}', license='mit'))
+    if cfg.get('label_names'):
+        model_config['label_names'] = list(cfg['label_names'])
     save_config_for_hf(dense, str(folder / 'config.json'), model_config=model_config, data_config=data_config)
 
 
@@ -183,15 +204,3 @@ def _check(model: SlimmableVisionTransformer, width: float, folder: Path, fmt: s
         max_abs_logit_difference=float((logits - expected).abs().max()),
         top1_agreement=float((logits.argmax(-1) == expected.argmax(-1)).float().mean()),
         norm_eps=model.norm.eps, exported_norm_eps=TIMM_NORM_EPS)
-
-
-def _replace_directory(staging: Path, output: Path) -> None:
-    """Move the finished export into place; an existing folder (--force) is removed only once the new one is ready."""
-    if output.exists():
-        old = output.with_name(f'.{output.name}.old')
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(staging, output)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, output)

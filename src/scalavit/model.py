@@ -6,11 +6,13 @@ MLP to int(r * 4D)); the number of heads and the attention scale stay those of t
 """
 from typing import Optional
 
+import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
+from timm.layers.trace_utils import _assert
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .widths import Channels, WidthGrid, scaled, select_channels
@@ -39,11 +41,17 @@ class PatchEmbed(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} is not a multiple of patch_size {patch_size}")
+        self.img_size = (img_size, img_size)
         self.grid_size = (img_size // patch_size, img_size // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        # timm's fixed-size check: a larger image would otherwise be cropped silently by the strided convolution.
+        _assert(x.ndim == 4 and x.shape[1] == self.proj.in_channels and tuple(x.shape[2:]) == self.img_size,
+                f"input of shape {tuple(x.shape)} does not fit the model, which takes images of "
+                f"{self.proj.in_channels}x{self.img_size[0]}x{self.img_size[1]} (batch, channels, height, width); "
+                "resize them with the model's data config (timm.data.resolve_data_config)")
         proj = self.proj
         x = F.conv2d(x, proj.weight[channels.embed], proj.bias[channels.embed], stride=proj.stride)
         return x.flatten(2).transpose(1, 2)
@@ -257,6 +265,33 @@ default_cfgs = generate_default_cfgs({
     FASHION_MODEL: _cfg(**_FASHION),
     'scala_vit_mini_distilled_patch7_28': _cfg(**_FASHION, **_DISTILLED),
 })
+
+
+def check_slimmable_model_name(name: str) -> None:
+    """A clear error for a model name that is not one of ours (a typo, or a plain timm ViT)."""
+    ours = timm.list_models('scala_*')
+    if name in ours:
+        return
+    if timm.is_model(name):
+        equivalent = f'scala_{name}'
+        hint = f"; its slimmable equivalent is {equivalent}" if equivalent in ours else ''
+        raise ValueError(f"--model {name} is a timm model but not a slimmable one{hint}. Slimmable models: "
+                         f"{', '.join(ours)}")
+    raise ValueError(f"--model {name} is not a known model; slimmable models: {', '.join(ours)}")
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch device, refused when it is not there (CUDA asked for on a machine without it)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device} is not a device name; use cpu, cuda or cuda:N") from None
+    if parsed.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available here (torch.cuda.is_available() is "
+                         "False); use --device cpu")
+    if parsed.type == 'cuda' and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return parsed
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:

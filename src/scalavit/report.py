@@ -2,7 +2,6 @@
 import csv
 import io
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -10,13 +9,9 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the file-only backend)
 
+from .files import write_atomically, write_text_atomically  # noqa: E402
+
 COLUMNS = ['width', 'top1', 'top5', 'params', 'macs', 'latency_ms_median', 'latency_ms_p90', 'throughput_img_s']
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f'.{path.name}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def table(rows: list[dict], label: str = '') -> str:
@@ -43,10 +38,8 @@ def plot(runs: dict[str, list[dict]], x: str, path: Path, title: str) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    tmp = path.with_name(f'.{path.stem}.tmp{path.suffix}')
-    figure.savefig(tmp, dpi=120)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, dpi=120, format=path.suffix[1:]))
     plt.close(figure)
-    os.replace(tmp, path)
 
 
 def write_report(report: dict, output: Path, name: str) -> None:

@@ -28,72 +28,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import (build_model_from_checkpoint, load_checkpoint, load_weights, random_states,
+from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights, random_states,
                          save_atomically, set_random_states)
+from .files import write_text_atomically
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .losses import Logits
 from .methods import Scala, Separate, USNet
-from .model import FASHION_MODEL, SlimmableVisionTransformer
+from .config import TrainConfig
+from .model import SlimmableVisionTransformer
+from .rundir import RunLog, check_output, has_checkpoint, read_log, run_directory
 from .widths import WidthGrid, scaled
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``scalavit train``; the defaults are scaled for the built-in Fashion-MNIST (see README)."""
-
-    method: str = 'scala'  # scala | usnet | separate
-    model: str = FASHION_MODEL
-    data: str = 'fashion-mnist'
-    output: Optional[str] = None  # default: runs/<method>-<date>-<time>
-    epochs: int = 7
-    max_steps: Optional[int] = None
-    batch_size: int = 128
-    lr: float = 2e-3
-    min_lr: float = 1e-5
-    warmup_epochs: int = 1
-    weight_decay: float = 0.05
-    clip_grad: Optional[float] = None
-    # the width grid and the method's switches
-    smallest: float = 0.25
-    largest: float = 1.0
-    granularity: float = 1 / 16
-    width: float = 1.0  # separate: the width of the one model
-    isolated_activation: bool = True
-    transfer: str = 'progressive'
-    sampling: str = 'stable'
-    noise_calibration: bool = True
-    full_warmup_epochs: int = 1
-    teacher: Optional[str] = None
-    # DeiT's recipe, from timm
-    mixup: float = 0.2
-    cutmix: float = 0.0
-    smoothing: float = 0.1
-    auto_augment: Optional[str] = None
-    reprob: float = 0.1
-    crop_scale: tuple[float, float] = (1.0, 1.0)
-    hflip: float = 0.0
-    drop_path: float = 0.0
-    # running
-    device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
-    amp: str = 'none'  # none | fp16 | bf16 (CUDA only)
-    workers: int = 1
-    seed: int = 0
-    eval_widths: Optional[list[float]] = None  # evaluated after every epoch; every width after the last one
-
-    def __post_init__(self):
-        choices = dict(method=('scala', 'usnet', 'separate'), amp=('none', 'fp16', 'bf16'),
-                       transfer=('progressive', 'full'), sampling=('stable', 'uniform'))
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        if self.amp != 'none' and not self.device.startswith('cuda'):
-            raise ValueError(f"--amp {self.amp} needs a CUDA device (this run is on {self.device}): mixed precision "
-                             "on a CPU is far slower than fp32. Use --amp none")
-        if self.batch_size < 2 or (self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0)):
-            raise ValueError(f"--batch-size {self.batch_size}: Mixup/CutMix need an even batch size of at least 2")
-        self.crop_scale = tuple(self.crop_scale)
-        if self.output is None:
-            self.output = f"runs/{self.method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 @dataclass
@@ -144,8 +88,10 @@ def model_kwargs(config: TrainConfig, num_classes: int, full_embed_dim: int) -> 
     return kwargs
 
 
-def load_teacher(path: str, student: SlimmableVisionTransformer, device: str) -> SlimmableVisionTransformer:
+def load_teacher(path: str, student: SlimmableVisionTransformer, classes: list[str],
+                 device: str) -> SlimmableVisionTransformer:
     checkpoint = load_checkpoint(path)
+    check_same_classes(classes, checkpoint.get('classes', classes), 'the training data', f"--teacher {path}")
     teacher = build_model_from_checkpoint(checkpoint, f"teacher {path}")
     if teacher.num_classes != student.num_classes:
         raise ValueError(f"teacher {path} predicts {teacher.num_classes} classes, the student {student.num_classes}")
@@ -175,22 +121,6 @@ class SubNetworkPasses:
         return output, loss.detach()
 
 
-class Logger:
-    """One JSON line per epoch in log.jsonl and the same figures in log.csv (rank 0 only)."""
-
-    def __init__(self, output: Path, columns: list[str]):
-        self.jsonl, self.csv, self.columns = output / 'log.jsonl', output / 'log.csv', columns
-        if not self.csv.exists():
-            with open(self.csv, 'w', newline='') as f:
-                csv.writer(f).writerow(columns)
-
-    def log(self, row: dict) -> None:
-        with open(self.jsonl, 'a') as f:
-            f.write(json.dumps(row) + '\n')
-        with open(self.csv, 'a', newline='') as f:
-            csv.writer(f).writerow([row.get(column, '') for column in self.columns])
-
-
 def width_key(width: float) -> str:
     return f'top1@{width:g}'
 
@@ -215,7 +145,7 @@ class Trainer:
             config.data, train_transform, eval_transform, data_config['input_size'][0])
         self.model_kwargs = model_kwargs(config, len(self.classes), probe.embed_dim)
         self.model = timm.create_model(config.model, **self.model_kwargs).to(self.device)
-        self.teacher = load_teacher(config.teacher, self.model, self.device) if config.teacher else None
+        self.teacher = load_teacher(config.teacher, self.model, self.classes, self.device) if config.teacher else None
         self.train_loader, self.eval_loader = self._loaders(train_set, eval_set)
         self.steps_per_epoch = len(self.train_loader)
 
@@ -230,7 +160,7 @@ class Trainer:
         self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
                            num_classes=len(self.classes)) if config.mixup > 0 or config.cutmix > 0 else None
         self.width_generator = torch.Generator().manual_seed(config.seed)
-        self.epoch, self.step, self.best = 0, 0, -1.0
+        self.epoch, self.step, self.best, self.log_rows = 0, 0, -1.0, []
         if resume_checkpoint is not None:
             self._restore(resume_checkpoint)
         self.train_model = self.model
@@ -242,11 +172,14 @@ class Trainer:
     # set-up
 
     def _check_output_and_resume(self, resume: Optional[str]) -> Optional[dict]:
-        if resume:
-            return load_checkpoint(resume)
-        if (self.output / 'last.pt').exists():
-            raise FileExistsError(f"{self.output} already holds a run (last.pt); continue it with --resume "
-                                  f"{self.output}, or choose another --output")
+        """The checkpoint to continue from (None: start from step 0), once the output directory is known to be safe
+        to write: new, empty, or the resumed run's own."""
+        check_output(self.output, resume)
+        if resume and has_checkpoint(resume):
+            checkpoint = load_checkpoint(resume)
+            if 'log' not in checkpoint:  # written before checkpoints kept their log rows
+                checkpoint['log'] = read_log(run_directory(resume), checkpoint['epoch'])
+            return checkpoint
         return None
 
     def _seed(self, seed: int) -> None:
@@ -281,6 +214,7 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint['scheduler'])
         self.scaler.load_state_dict(checkpoint['scaler'])
         self.epoch, self.step, self.best = checkpoint['epoch'], checkpoint['step'], checkpoint['best']
+        self.log_rows = list(checkpoint['log'])
         self.width_generator.set_state(checkpoint['random_states']['widths'])
         set_random_states(checkpoint['random_states'])
 
@@ -288,10 +222,11 @@ class Trainer:
 
     def fit(self) -> dict:
         config = self.config
+        log = RunLog(self.output, self._log_columns())
         if self.ddp.is_main:
             self.output.mkdir(parents=True, exist_ok=True)
-            (self.output / 'config.json').write_text(json.dumps(dataclasses.asdict(config), indent=2) + '\n')
-        logger = Logger(self.output, self._log_columns()) if self.ddp.is_main else None
+            write_text_atomically(self.output / 'config.json', json.dumps(dataclasses.asdict(config), indent=2) + '\n')
+            log.write(self.log_rows)
         row = {}
         while self.epoch < config.epochs and not self._out_of_steps():
             row = self._train_epoch()
@@ -306,9 +241,10 @@ class Trainer:
                 if not row['ranks_in_sync']:
                     raise RuntimeError(f"after epoch {self.epoch} the {self.ddp.world_size} processes hold different "
                                        "weights; DistributedDataParallel did not keep them in step")
+            self.log_rows.append(row)
             if self.ddp.is_main:
-                self._save(score, widths)
-                logger.log(row)
+                self._save(score)
+                log.write(self.log_rows)
         if self.ddp.enabled:
             dist.destroy_process_group()
         return row
@@ -423,18 +359,19 @@ class Trainer:
         dist.all_gather(gathered, checksum)
         return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
-    def _save(self, score: float, widths) -> None:
+    def _save(self, score: float) -> None:
         checkpoint = dict(
             model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
             epoch=self.epoch, step=self.step, best=max(self.best, score),
             config=dataclasses.asdict(self.config), model_kwargs=self.model_kwargs, classes=self.classes,
-            random_states=dict(random_states(), widths=self.width_generator.get_state()),
+            random_states=dict(random_states(), widths=self.width_generator.get_state()), log=self.log_rows,
         )
-        save_atomically(checkpoint, self.output / 'last.pt')
+        # best.pt first: a crash between the two leaves last.pt behind, and resuming redoes (and rewrites) both.
         if score > self.best:
             self.best = score
             save_atomically(checkpoint, self.output / 'best.pt')
+        save_atomically(checkpoint, self.output / 'last.pt')
 
 
 def train(config: TrainConfig, resume: Optional[str] = None) -> dict:

@@ -1,4 +1,5 @@
 """The width grid, and which channels each width uses (Isolated Activation)."""
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -35,6 +36,9 @@ class WidthGrid:
 
     def snap(self, width: float) -> float:
         """The grid width equal to ``width``; a width off the grid raises ``ValueError``."""
+        if isinstance(width, bool) or not isinstance(width, numbers.Real):
+            raise TypeError(f"width must be a number on the grid {list(self.widths)}, got {type(width).__name__} "
+                            f"{width!r}")
         for candidate in self.widths:
             if abs(candidate - width) <= _TOLERANCE:
                 return candidate
