@@ -89,6 +89,8 @@ def train_once(root: Path, timings: Timings, name: str, common: dict, **options)
             print(f"[{name}] already trained in {output}")
             return output
         resume = str(output)
+    elif output.is_dir() and any(output.iterdir()):
+        resume = str(output)  # stopped before its first checkpoint: starts again in its own directory
     start = time.perf_counter()
     train(config, resume=resume)
     earlier = timings.seconds.get(f'train {name}', 0) if resume else 0  # a run continued with a larger budget

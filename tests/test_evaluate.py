@@ -80,3 +80,14 @@ def test_eval_takes_a_checkpoint_in_the_authors_format(trained, tmp_path, capsys
                  '--latency-repeats', '2']) == 0
     rows = json.loads((tmp_path / 'results.json').read_text())['rows']
     assert len(rows) == 13 and all(0 <= r['top1'] <= 100 for r in rows)
+
+
+def test_eval_reports_the_images_it_scored_and_those_it_skipped(trained, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / 'data')  # 3 classes of 4 validation images
+    broken = folder / 'val' / 'class1' / '0.png'
+    broken.write_bytes(broken.read_bytes()[:60])  # the header survives, the pixel data does not
+    assert main(['eval', str(trained / 'scala'), '--data', str(folder), '--output', str(tmp_path / 'report'),
+                 '--latency-repeats', '2']) == 0
+    assert '11 images scored (1 unreadable, skipped)' in capsys.readouterr().out
+    meta = json.loads((tmp_path / 'report' / 'results.json').read_text())['meta']
+    assert (meta['images'], meta['skipped_images']) == (11, 1)

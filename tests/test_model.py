@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import randomize, tiny_model
-from scalavit import SlimmableVisionTransformer
+from scalavit import SlimmableVisionTransformer, to_timm
 
 
 def reference_forward(model, x, width, first_channels):
@@ -116,6 +116,21 @@ def test_off_grid_width_is_rejected_with_the_valid_widths(images):
         model(images, width=0.3)
     with pytest.raises(ValueError, match='not on'):
         model(images, width=1.5)
+
+
+def test_a_width_that_is_not_a_number_is_a_type_error(images):
+    with pytest.raises(TypeError, match=r"width must be a number on the grid .*got str '0.5'"):
+        tiny_model()(images, width='0.5')
+
+
+@pytest.mark.parametrize('shape', [(2, 3, 40, 40), (2, 3, 24, 24), (2, 3, 32, 40), (2, 1, 32, 32), (3, 32, 32)])
+def test_an_input_the_model_does_not_take_is_refused_as_the_exported_timm_model_refuses_it(shape):
+    model = tiny_model()
+    x = torch.randn(*shape)
+    with pytest.raises(AssertionError, match=r'does not fit the model, which takes images of 3x32x32'):
+        model(x, 0.5)
+    with pytest.raises((AssertionError, RuntimeError, ValueError)):  # timm's own checks, the same width deployed
+        to_timm(model, 0.5)(x)
 
 
 def test_grid_that_does_not_divide_into_heads_fails_at_construction():

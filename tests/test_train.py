@@ -54,6 +54,16 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(folder, tmp_path):
     assert [row['epoch'] for row in read_log(tmp_path / 'halves')] == [1, 2]
 
 
+def test_a_run_resumed_into_an_empty_directory_continues_there_with_its_logs(folder, tmp_path):
+    run_cli('--data', folder, '--output', tmp_path / 'first', *FAST, '--max-steps', '3')
+    original = {p.name: p.read_bytes() for p in (tmp_path / 'first').iterdir()}
+    (tmp_path / 'second').mkdir()
+    run_cli('--resume', tmp_path / 'first', '--output', tmp_path / 'second', '--max-steps', '1000')
+    assert [row['epoch'] for row in read_log(tmp_path / 'second')] == [1, 2]
+    assert json.loads((tmp_path / 'second' / 'config.json').read_text())['output'] == str(tmp_path / 'second')
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'first').iterdir()} == original
+
+
 def test_an_existing_run_is_never_overwritten(folder, tmp_path, capsys):
     run = tmp_path / 'run'
     run_cli('--data', folder, '--output', run, *FAST[:4], '--epochs', '1', '--max-steps', '1')
@@ -91,11 +101,13 @@ def test_scala_with_a_separately_trained_teacher_on_a_distilled_model(folder, tm
 
 def test_config_file_sets_options_and_the_command_line_wins(folder, tmp_path):
     config = tmp_path / 'config.yaml'
-    config.write_text(yaml.safe_dump({'data': str(folder), 'batch-size': 4, 'epochs': 1, 'workers': 0, 'seed': 7,
-                                      'granularity': '1/8'}))
+    # PyYAML reads 5e-4 as a string and 1/8 is a fraction: each value is converted by its option's type.
+    config.write_text(f"data: {folder}\nbatch-size: 4\nepochs: 1\nworkers: 0\nseed: 7\ngranularity: 1/8\n"
+                      "lr: 5e-4\neval_widths: [0.25, 1]\n")
     run_cli('--config', config, '--output', tmp_path / 'run', '--seed', '3', '--max-steps', '1')
     saved = json.loads((tmp_path / 'run' / 'config.json').read_text())
-    assert (saved['batch_size'], saved['seed'], saved['granularity']) == (4, 3, 0.125)
+    assert (saved['batch_size'], saved['seed'], saved['granularity'], saved['lr']) == (4, 3, 0.125, 5e-4)
+    assert saved['eval_widths'] == [0.25, 1.0]
 
 
 @pytest.mark.parametrize('make_args, message', [

@@ -49,6 +49,16 @@ def check_output(output: Path, resume: Optional[str]) -> None:
                                   "an empty one")
 
 
+RUN_FILES = ('config.json', 'log.jsonl', 'log.csv', 'last.pt', 'best.pt')
+
+
+def remove_stale_temporaries(output: Path) -> None:
+    """Temporary files that a crash left behind in the run's own directory (the real files are intact)."""
+    for name in RUN_FILES:
+        for stale in output.glob(f'.{name}.*.tmp'):
+            stale.unlink(missing_ok=True)
+
+
 class RunLog:
     """log.jsonl (one JSON line per epoch) and log.csv (the same figures), rewritten atomically from all rows."""
 

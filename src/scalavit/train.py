@@ -36,7 +36,7 @@ from .losses import Logits
 from .methods import Scala, Separate, USNet
 from .config import TrainConfig
 from .model import SlimmableVisionTransformer
-from .rundir import RunLog, check_output, has_checkpoint, read_log, run_directory
+from .rundir import RunLog, check_output, has_checkpoint, read_log, remove_stale_temporaries, run_directory
 from .widths import WidthGrid, scaled
 
 
@@ -174,7 +174,10 @@ class Trainer:
     def _check_output_and_resume(self, resume: Optional[str]) -> Optional[dict]:
         """The checkpoint to continue from (None: start from step 0), once the output directory is known to be safe
         to write: new, empty, or the resumed run's own."""
-        check_output(self.output, resume)
+        if self.ddp.is_main:  # only rank 0 writes there; other ranks would race with its first files
+            check_output(self.output, resume)
+            if resume:
+                remove_stale_temporaries(self.output)
         if resume and has_checkpoint(resume):
             checkpoint = load_checkpoint(resume)
             if 'log' not in checkpoint:  # written before checkpoints kept their log rows

@@ -1,0 +1,110 @@
+"""Every command's bad input ends in one line naming the problem, exit status 2, no traceback, nothing lost."""
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FAST, make_image_folder
+from scalavit.cli import main
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+
+
+def renamed_classes(root, names=('ankle', 'bag', 'coat')):
+    """The test image folder with as many classes as the trained runs, under other names."""
+    folder = make_image_folder(root)
+    for split in ('train', 'val'):
+        for i, name in enumerate(names):
+            (folder / split / f'class{i}').rename(folder / split / name)
+    return folder
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+# (arguments given the trained runs T and a scratch folder S, what the message must say)
+CASES = {
+    'train off-grid eval width': (lambda T, S: ['train', '--output', S / 'run', '--eval-widths', '0.3'],
+                                  '--eval-widths 0.3 is not a width of the model trained here'),
+    'train zero epochs': (lambda T, S: ['train', '--output', S / 'run', '--epochs', '0'],
+                          '--epochs must be at least 1, got 0'),
+    'train YAML of the wrong type': (lambda T, S: ['train', '--config', write(S / 'c.yaml', 'batch_size: four')],
+                                     "c.yaml: batch_size must be a whole number, got 'four'"),
+    'train invalid YAML': (lambda T, S: ['train', '--config', write(S / 'c.yaml', 'lr: [1, 2\nepochs: 3')],
+                           'c.yaml is not valid YAML at line'),
+    'train unknown model': (lambda T, S: ['train', '--model', 'scala_vit_huge'],
+                            'not a known model; slimmable models: scala_deit_base_distilled_patch16_224'),
+    'train plain timm model': (lambda T, S: ['train', '--model', 'deit_tiny_patch16_224'],
+                               'not a slimmable one; its slimmable equivalent is scala_deit_tiny_patch16_224'),
+    'train on CUDA without CUDA': (lambda T, S: ['train', '--device', 'cuda'], 'no CUDA device is available here'),
+    'train output under a file': (lambda T, S: ['train', '--output', write(S / 'notes.txt', 'x') / 'run'],
+                                  'notes.txt/run: cannot create'),
+    'train output is a file': (lambda T, S: ['train', '--output', write(S / 'notes.txt', 'x')],
+                               'notes.txt is an existing file, not a folder'),
+    'train teacher of other classes': (
+        lambda T, S: ['train', '--data', renamed_classes(S / 'other'), '--output', S / 'run', *FAST, '--teacher',
+                      T / 'st_full' / 'last.pt', '--model', 'scala_vit_mini_distilled_patch7_28'],
+        "has other classes than the training data: 0: 'ankle' vs 'class0'"),
+    'export into its run': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output', T / 'scala', '--force'],
+                            'is or contains the checkpoint being exported'),
+    'export output is a file': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output',
+                                              write(S / 'w.txt', 'x')], 'w.txt is an existing file'),
+    'export off-grid width': (lambda T, S: ['export', T / 'scala', '--width', '0.3', '--output', S / 'out'],
+                              "width 0.3 is not on this model's grid"),
+    'eval data of other classes': (lambda T, S: ['eval', T / 'scala', '--data', renamed_classes(S / 'other'),
+                                                 '--output', S / 'report'],
+                                   "has other classes than " ),
+    'eval on CUDA without CUDA': (lambda T, S: ['eval', T / 'scala', '--device', 'cuda'], 'no CUDA device'),
+    'eval output is a file': (lambda T, S: ['eval', T / 'scala', '--output', write(S / 'r.txt', 'x')],
+                              'r.txt is an existing file'),
+    'pick on CUDA without CUDA': (lambda T, S: ['pick', T / 'scala', '--macs', '1e6', '--device', 'cuda:0'],
+                                  'no CUDA device'),
+    'widths of an unknown model': (lambda T, S: ['widths', '--model', 'vit_nope'], 'not a known model'),
+}
+
+
+def one_line_error(stderr: str, command: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and 'Traceback' not in stderr, stderr
+    assert lines[0].startswith(f'scalavit {command}: error: '), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize('case', CASES)
+def test_bad_input_is_one_line_naming_the_problem(case, trained, tmp_path, capsys):
+    make_args, message = CASES[case]
+    if 'CUDA' in case and torch.cuda.is_available():
+        pytest.skip('this machine has CUDA')
+    before = {p: p.stat().st_mtime_ns for p in trained.rglob('*') if p.is_file()}
+    argv = list(map(str, make_args(trained, tmp_path)))
+    assert main(argv) == 2
+    assert message in one_line_error(capsys.readouterr().err, argv[0])
+    assert {p: p.stat().st_mtime_ns for p in trained.rglob('*') if p.is_file()} == before
+    assert not (tmp_path / 'run' / 'last.pt').exists()
+
+
+def test_resuming_over_another_run_is_refused_and_loses_nothing(trained, tmp_path, capsys):
+    a, b = shutil.copytree(trained / 'scala', tmp_path / 'a'), shutil.copytree(trained / 'st_half', tmp_path / 'b')
+    before = {p.name: p.read_bytes() for p in b.iterdir()}
+    assert main(['train', '--resume', str(a), '--output', str(b), '--epochs', '3']) == 2
+    assert 'is not the run being resumed' in one_line_error(capsys.readouterr().err, 'train')
+    assert {p.name: p.read_bytes() for p in b.iterdir()} == before
+
+
+@NO_CUDA
+def test_the_installed_command_answers_bad_input_in_one_line(trained, tmp_path):
+    """The same through the real `python -m scalavit` process (a few cases, run side by side)."""
+    cases = ['train plain timm model', 'export into its run', 'eval on CUDA without CUDA', 'train invalid YAML']
+    processes = {}
+    for case in cases:
+        argv = list(map(str, CASES[case][0](trained, tmp_path)))
+        processes[case] = subprocess.Popen([sys.executable, '-m', 'scalavit', *argv], stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True)
+    for case, process in processes.items():
+        _, stderr = process.communicate(timeout=300)
+        assert process.returncode == 2, (case, stderr)
+        assert CASES[case][1] in one_line_error(stderr, case.split()[0]), case
