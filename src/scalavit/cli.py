@@ -171,6 +171,29 @@ def _pick(args: argparse.Namespace) -> None:
           f"{key} {cost(best[key])})")
 
 
+def _serve(args: argparse.Namespace) -> None:
+    import logging
+
+    import uvicorn
+
+    from .serve.app import Service, Settings, create_app
+    from .serve.runner import Runner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = Settings(args.slo_ms, args.policy, args.max_batch_size, args.max_queue, args.max_body_bytes,
+                        args.profile_repeats)
+    runner = Runner(args.checkpoint, args.device, args.model)
+    service = Service(runner, settings, runner.accuracies(args.data))
+    logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
+    print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
+          f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads; profiling {len(runner.widths)} widths x "
+          f"{len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
+    config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level='warning',
+                            access_log=False, limit_concurrency=args.max_queue + 2 * args.max_batch_size + 32)
+    uvicorn.Server(config).run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='scalavit', description='Train one slimmable Vision Transformer (Scala) and serve any of its widths.')
@@ -238,6 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     pick.add_argument('--repeats', type=int, default=30, help='timed calls per width when measuring latency')
     pick.set_defaults(run=_pick)
+
+    serve = commands.add_parser(
+        'serve', help='serve a checkpoint over HTTP at whichever width the load allows (SlackFit)',
+        description='Serve one slimmable checkpoint: POST /predict an image, get its top-5 classes. Whenever the '
+                    'model is free the controller runs the most accurate width and batch size whose measured p95 '
+                    'latency fits the earliest deadline; requests that cannot be served in time get 503 at once.')
+    serve.add_argument('checkpoint', help="a scalavit run or checkpoint, or an authors' .pth")
+    serve.add_argument('--host', default='127.0.0.1', help='address to bind (default 127.0.0.1: this machine only)')
+    serve.add_argument('--port', type=int, default=8000)
+    serve.add_argument('--slo-ms', type=float, default=100.0, help='deadline of a request without X-SLO-Ms')
+    serve.add_argument('--policy', default='slackfit', help='slackfit, maxacc (best width, batch 1) or fixed:R')
+    serve.add_argument('--max-batch-size', type=int, default=32, help='profiled batch sizes: 1, 2, 4, ... this')
+    serve.add_argument('--max-queue', type=int, default=256, help='requests waiting at most; 503 beyond')
+    serve.add_argument('--max-body-bytes', type=int, default=10 * 2 ** 20, help='413 beyond')
+    serve.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    serve.add_argument('--threads', type=int, help='torch threads for the forward (default: torch\'s)')
+    serve.add_argument('--profile-repeats', type=int, default=30, help='timed calls per (width, batch size)')
+    serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
+    serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
+    serve.set_defaults(run=_serve)
     return parser
 
 

@@ -18,18 +18,25 @@ def choose(rows: list[dict], key: str, budget: float) -> tuple[Optional[dict], d
     return best, min(rows, key=lambda row: row[key])
 
 
+def saved_report(checkpoint: str, data: Optional[str], device: str, model_name: Optional[str],
+                 repeats: int = 30) -> dict:
+    """``scalavit eval``'s report beside the checkpoint; when there is none, evaluate now and save it there."""
+    run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    try:
+        return read_report(run)
+    except FileNotFoundError:
+        report = evaluate([checkpoint], data, device, latency_repeats=repeats, model_name=model_name)
+        write_report(report, run, run.name)
+        return report
+
+
 def rows_for(checkpoint: str, device: str, batch_size: int, data: Optional[str], model_name: Optional[str],
              repeats: int) -> tuple[list[dict], str]:
     """Accuracy and cost of every width: from the report ``scalavit eval`` saved beside the checkpoint when it was
     measured on this device with these threads, else evaluated now; latency re-measured here for batch sizes other
     than 1. Returns the rows and where their latencies come from."""
-    run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     here = environment(torch.device(device))
-    try:
-        report = read_report(run)
-    except FileNotFoundError:
-        report = evaluate([checkpoint], data, device, latency_repeats=repeats, model_name=model_name)
-        write_report(report, run, run.name)
+    report = saved_report(checkpoint, data, device, model_name, repeats)
     rows = [dict(row) for row in report['rows']]
     saved = report['meta']
     if batch_size == 1 and all(saved.get(k) == here[k] for k in ('device', 'device_name', 'threads')):

@@ -1,0 +1,138 @@
+"""Which width and batch size run next: SuperServe's SlackFit and the fixed baselines.
+
+Pure decisions on numbers: no torch, no HTTP, no clock. Times are in seconds. A policy sees the slack of the
+earliest deadline in the queue (its deadline minus now) and how many requests wait, and answers with a ``Choice``,
+or None when no (width, batch size) of the profile can finish before that deadline.
+"""
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The measured p95 latency of every (width, batch size) on the serving device, and each width's accuracy."""
+
+    latency: dict[tuple[float, int], float]  # (width, batch size) -> p95 seconds
+    accuracy: dict[float, float]  # width -> top-1 %
+
+    def __post_init__(self):
+        missing = sorted({(w, b) for w in self.widths for b in self.batch_sizes} - set(self.latency))
+        if missing or set(self.accuracy) != set(self.widths):
+            raise ValueError(f"the profile needs a latency for every (width, batch size) and an accuracy for every "
+                             f"width; missing {missing[:3] or sorted(set(self.widths) ^ set(self.accuracy))}")
+
+    @property
+    def widths(self) -> list[float]:
+        return sorted({width for width, _ in self.latency})
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted({batch for _, batch in self.latency})
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.batch_sizes[-1]
+
+    @property
+    def cheapest(self) -> float:
+        return min(self.widths, key=lambda w: self.latency[(w, 1)])
+
+    @property
+    def most_accurate(self) -> float:
+        return max(self.widths, key=lambda w: (self.accuracy[w], -self.latency[(w, 1)]))
+
+    def p95(self, width: float, count: int) -> float:
+        """The p95 latency of ``count`` requests at ``width``: that of the smallest profiled batch that holds them."""
+        batch = next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
+        return self.latency[(width, batch)] * max(1.0, count / batch)
+
+    def rate(self, width: float) -> float:
+        """Requests a second ``width`` sustains at its most efficient batch size."""
+        return max(b / self.latency[(width, b)] for b in self.batch_sizes)
+
+    def largest_batch_within(self, width: float, slack: float, waiting: int) -> Optional[int]:
+        """How many of ``waiting`` requests ``width`` can answer within ``slack`` (None: not even one)."""
+        fitting = [b for b in self.batch_sizes if self.latency[(width, b)] <= slack]
+        return min(max(fitting), waiting) if fitting else None
+
+
+@dataclass(frozen=True)
+class Choice:
+    width: float
+    batch_size: int  # how many of the earliest-deadline requests to answer together
+
+
+class Policy(Protocol):
+    name: str
+
+    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]: ...
+
+
+class SlackFit:
+    """The most accurate width whose p95 latency fits the earliest deadline's slack, packing as many of the
+    earliest-deadline requests as that width can answer within it (SuperServe, Ahmad et al., NSDI 2025).
+
+    Under light load the slack is the whole SLO and the widest network runs; as requests queue, the slack of the
+    oldest shrinks and narrower, faster widths (and larger batches) take over, without any module state changing.
+    """
+
+    name = 'slackfit'
+
+    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
+        by_accuracy = sorted(profile.widths, key=lambda w: (-profile.accuracy[w], profile.latency[(w, 1)]))
+        for width in by_accuracy:
+            batch = profile.largest_batch_within(width, slack, waiting)
+            if batch is not None:
+                return Choice(width, batch)
+        return None
+
+
+class MaxAccuracy:
+    """Baseline: the most accurate width, one request at a time."""
+
+    name = 'maxacc'
+
+    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
+        width = profile.most_accurate
+        return Choice(width, 1) if profile.latency[(width, 1)] <= slack else None
+
+
+class Fixed:
+    """Baseline: one width, with dynamic batching (as many waiting requests as fit the slack), as a server of one
+    ordinary model would run it."""
+
+    def __init__(self, width: float):
+        self.width = width
+        self.name = f'fixed:{width:g}'
+
+    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
+        batch = profile.largest_batch_within(self.width, slack, waiting)
+        return None if batch is None else Choice(self.width, batch)
+
+
+def parse_policy(text: str, widths: list[float]) -> Policy:
+    """``slackfit``, ``maxacc`` or ``fixed:R`` with R a width of the grid."""
+    if text == 'slackfit':
+        return SlackFit()
+    if text == 'maxacc':
+        return MaxAccuracy()
+    if text.startswith('fixed:'):
+        try:
+            value = float(text.split(':', 1)[1])
+        except ValueError:
+            value = None
+        width = next((w for w in widths if value is not None and abs(w - value) < 1e-6), None)
+        if width is None:
+            raise ValueError(f"--policy {text}: fixed:R needs R among the grid's widths "
+                             f"{', '.join(f'{w:g}' for w in widths)}")
+        return Fixed(width)
+    raise ValueError(f"--policy {text!r}: choose slackfit, maxacc or fixed:R (R a width of the grid)")
+
+
+def could_finish_in_time(profile: Profile, slack: float, ahead: int, busy_for: float,
+                         width: Optional[float] = None) -> bool:
+    """Whether a new request could still be answered within ``slack`` at the cheapest width (or its pinned one):
+    after the running batch (``busy_for`` seconds) and the ``ahead`` requests due before it, served at that width's
+    best rate. A request that cannot is refused at once rather than queued to fail later."""
+    width = profile.cheapest if width is None else width
+    return busy_for + ahead / profile.rate(width) + profile.latency[(width, 1)] <= slack

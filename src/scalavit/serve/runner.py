@@ -1,0 +1,78 @@
+"""The one shared model on its device: images decoded and preprocessed as the model expects, a batch answered at any
+width of the grid (the width is the forward's argument: no module state changes, no copies), and the latency
+profile of every (width, batch size) measured here."""
+import io
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import resolve_data_config
+
+from ..checkpoint import load_model
+from ..data import build_transform
+from ..evaluate import time_call
+from ..model import check_device
+from ..pick import saved_report
+
+
+class BadImage(ValueError):
+    """The request's body is not a whole image that PIL can read."""
+
+
+class Runner:
+    def __init__(self, checkpoint: str, device: str = 'cpu', model_name: Optional[str] = None, top_k: int = 5):
+        self.checkpoint, self.device, self.model_name = checkpoint, check_device(device), model_name
+        model, self.config = load_model(checkpoint, model_name)
+        self.model = model.to(self.device).eval()
+        cfg = self.model.pretrained_cfg
+        self.classes = list(cfg.get('label_names') or range(self.model.num_classes))
+        self.input_size = tuple(cfg['input_size'])
+        self.mode = 'L' if self.input_size[0] == 1 else 'RGB'
+        self.transform = build_transform(resolve_data_config(model=self.model), False)
+        self.top_k = min(top_k, self.model.num_classes)
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        return self.model.widths
+
+    def preprocess(self, body: bytes) -> torch.Tensor:
+        """Any image PIL reads, as the model's input: its size, channels, mean and std (timm's eval transform)."""
+        try:
+            with Image.open(io.BytesIO(body)) as image:
+                image.load()  # decodes now: a truncated file fails here, not later in the batch
+                return self.transform(image.convert(self.mode))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise BadImage(f"the body is not a readable image ({type(error).__name__}: {error})") from None
+
+    @torch.inference_mode()
+    def run(self, images: list[torch.Tensor], width: float) -> list[list[tuple[str, float]]]:
+        """The top-k (class name, probability) of each image at ``width``."""
+        logits = self.model(torch.stack(images).to(self.device), width)
+        probabilities, indices = logits.float().softmax(-1).topk(self.top_k, dim=-1)
+        return [[(str(self.classes[i]), round(float(p), 6)) for i, p in zip(row_i.tolist(), row_p.tolist())]
+                for row_i, row_p in zip(indices.cpu(), probabilities.cpu())]
+
+    def measure_latency(self, batch_sizes: list[int], repeats: int,
+                        progress=None) -> dict[tuple[float, int], float]:
+        """p95 seconds of a forward at every (width, batch size), after warm-up, CUDA synchronised."""
+        latency = {}
+        for width in self.widths:
+            for batch in batch_sizes:
+                x = torch.randn(batch, *self.input_size, device=self.device)
+                with torch.inference_mode():
+                    times = time_call(lambda: self.model(x, width), repeats, warmup=3)
+                latency[(width, batch)] = float(np.percentile(times, 95))
+                if progress is not None:
+                    progress()
+        return latency
+
+    def accuracies(self, data: Optional[str]) -> dict[float, float]:
+        """Top-1 of every width from ``scalavit eval``'s report beside the checkpoint (evaluated now if missing)."""
+        report = saved_report(self.checkpoint, data, str(self.device), self.model_name)
+        accuracy = {row['width']: row['top1'] for row in report['rows']}
+        missing = [w for w in self.widths if w not in accuracy]
+        if missing:
+            raise ValueError(f"the evaluation report beside {self.checkpoint} lacks widths {missing}; run "
+                             f"`scalavit eval {self.checkpoint}` again")
+        return {w: accuracy[w] for w in self.widths}

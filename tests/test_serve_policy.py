@@ -1,0 +1,154 @@
+"""The controller and the batcher on a synthetic profile and a fake clock: no torch, no HTTP."""
+import time
+
+import pytest
+
+from scalavit.serve import BatchFailed, Batcher, Fixed, MaxAccuracy, Missed, Profile, Refused, SlackFit, parse_policy
+from scalavit.serve.policy import could_finish_in_time
+
+MS = 1e-3
+# Width w at batch b takes (1 + 9 w) * (1 + b / 4) ms: width 1.0 takes 12.5 / 15 / 20 / 30 ms at batch 1 / 2 / 4 / 8,
+# width 0.5 6.9 ms at batch 1, width 0.25 4.06 / 4.9 / 6.5 / 9.75 ms.
+WIDTHS, BATCHES = (0.25, 0.5, 0.75, 1.0), (1, 2, 4, 8)
+PROFILE = Profile({(w, b): (1 + 9 * w) * (1 + b / 4) * MS for w in WIDTHS for b in BATCHES},
+                  {0.25: 70.0, 0.5: 80.0, 0.75: 79.0, 1.0: 85.0})
+
+
+def latency(width, batch):
+    return PROFILE.latency[(width, batch)]
+
+
+@pytest.mark.parametrize('slack_ms, waiting, expected', [
+    (100, 1, (1.0, 1)),     # light load: the most accurate width
+    (100, 3, (1.0, 3)),     # three waiting, all fit at width 1.0 (batch 4 takes 30 ms)
+    (100, 50, (1.0, 8)),    # at most the largest profiled batch
+    (18, 8, (1.0, 2)),      # width 1.0 fits only up to batch 2 (15 ms) in 18 ms
+    (12, 1, (0.5, 1)),      # 12.5 ms for width 1.0 does not fit: next most accurate is 0.5 (6.9 ms), not 0.75
+    (5, 4, (0.25, 2)),      # only the smallest width, at batch 2 (4.9 ms)
+    (4, 1, None),           # nothing fits: the request is dropped
+])
+def test_slackfit_runs_the_most_accurate_width_and_batch_that_fit_the_slack(slack_ms, waiting, expected):
+    choice = SlackFit().choose(PROFILE, slack_ms * MS, waiting)
+    assert (None if choice is None else (choice.width, choice.batch_size)) == expected
+
+
+def test_the_baselines_keep_their_width():
+    assert (MaxAccuracy().choose(PROFILE, 0.1, 5).width, MaxAccuracy().choose(PROFILE, 0.1, 5).batch_size) == (1.0, 1)
+    assert MaxAccuracy().choose(PROFILE, 0.012, 5) is None
+    assert Fixed(0.25).choose(PROFILE, 0.1, 50).batch_size == 8 and Fixed(0.25).choose(PROFILE, 0.004, 1) is None
+    assert parse_policy('fixed:0.5', list(WIDTHS)).width == 0.5
+    with pytest.raises(ValueError, match='fixed:R needs R among the grid'):
+        parse_policy('fixed:0.3', list(WIDTHS))
+    with pytest.raises(ValueError, match='choose slackfit, maxacc or fixed:R'):
+        parse_policy('fastest', list(WIDTHS))
+
+
+def test_a_profile_must_be_complete():
+    with pytest.raises(ValueError, match='missing'):
+        Profile({(0.5, 1): 1.0, (1.0, 2): 1.0}, {0.5: 1.0, 1.0: 2.0})
+
+
+def test_admission_counts_the_requests_ahead_at_the_cheapest_widths_best_rate():
+    rate = PROFILE.rate(0.25)  # 8 requests in 9.75 ms
+    assert rate == pytest.approx(8 / latency(0.25, 8))
+    assert could_finish_in_time(PROFILE, 0.1, ahead=0, busy_for=0)
+    assert not could_finish_in_time(PROFILE, 0.004, ahead=0, busy_for=0)   # 4.06 ms needed at batch 1
+    assert could_finish_in_time(PROFILE, 0.1, ahead=int(0.09 * rate), busy_for=0)
+    assert not could_finish_in_time(PROFILE, 0.1, ahead=int(0.1 * rate), busy_for=0)
+    assert not could_finish_in_time(PROFILE, 0.1, ahead=0, busy_for=0.096)
+    assert not could_finish_in_time(PROFILE, 0.01, ahead=0, busy_for=0, width=1.0)  # pinned to 12.5 ms
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+def batcher(policy=None, max_queue=64, run=None):
+    clock = FakeClock()
+    return Batcher(run or (lambda items, width: [(item, width) for item in items]), PROFILE, policy or SlackFit(),
+                   max_queue, clock=clock), clock
+
+
+def test_requests_are_served_earliest_deadline_first_and_packed():
+    queue, clock = batcher()
+    late = queue.submit('late', slo_s=0.2)
+    early = [queue.submit(f'early{i}', slo_s=0.05) for i in range(3)]
+    batch, dropped = queue.plan(clock.now)
+    assert not dropped and batch.width == 1.0
+    # width 1.0 at batch 4 takes 20 ms, within the earliest slack (50 ms): all four go, earliest deadlines first
+    assert [r.item for r in batch.requests] == ['early0', 'early1', 'early2', 'late']
+    assert len(queue) == 0 and not late.done() and not early[0].done()
+
+
+def test_as_the_earliest_slack_shrinks_the_width_drops_and_then_the_request_is_dropped():
+    queue, clock = batcher()
+    queue.submit('a', slo_s=0.05)
+    clock.now += 0.038  # 12 ms of slack left: width 1.0 (12.5 ms) no longer fits, 0.5 (6.9 ms) does
+    batch, _ = queue.plan(clock.now)
+    assert (batch.width, len(batch.requests)) == (0.5, 1)
+    queue.submit('b', slo_s=0.05)
+    clock.now += 0.046  # 4 ms left: not even width 0.25 fits
+    batch, dropped = queue.plan(clock.now)
+    assert batch is None and [r.item for r in dropped] == ['b']
+
+
+def test_a_pinned_width_is_served_at_that_width_with_its_own_kind():
+    queue, clock = batcher()
+    queue.submit('free', slo_s=0.2)
+    queue.submit('pinned', slo_s=0.1, width=0.25)
+    batch, _ = queue.plan(clock.now)
+    assert (batch.width, [r.item for r in batch.requests]) == (0.25, ['pinned'])
+    batch, _ = queue.plan(clock.now)
+    assert (batch.width, [r.item for r in batch.requests]) == (1.0, ['free'])
+
+
+def test_the_queue_is_bounded_and_hopeless_requests_are_refused_at_once():
+    queue, clock = batcher(max_queue=3)
+    with pytest.raises(Refused, match='no width can answer within 4 ms'):
+        queue.submit('x', slo_s=0.004)
+    for i in range(3):
+        queue.submit(i, slo_s=1.0)
+    with pytest.raises(Refused, match='queue is full') as refused:
+        queue.submit('y', slo_s=1.0)
+    assert refused.value.retry_after_s > 0
+
+
+def test_the_model_thread_answers_drops_and_survives_a_failing_batch():
+    calls = []
+
+    def run(items, width):
+        calls.append(list(items))
+        if 'boom' in items:
+            raise RuntimeError('kernel exploded')
+        time.sleep(0.001)
+        return [f'{item}@{width}' for item in items]
+
+    queue = Batcher(run, PROFILE, SlackFit(), max_queue=64)
+    boom = queue.submit('boom', slo_s=1.0)
+    queue.start()
+    with pytest.raises(BatchFailed, match='RuntimeError: kernel exploded'):
+        boom.result(timeout=5)
+    answers = [queue.submit(f'img{i}', slo_s=1.0) for i in range(5)]
+    results = [future.result(timeout=5) for future in answers]
+    assert [r.output for r in results] == [f'img{i}@1.0' for i in range(5)]
+    assert all(r.width == 1.0 and r.queue_s >= 0 and r.compute_s > 0 for r in results)
+    queue.submit('last', slo_s=1.0)
+    queue.stop()  # answers what is queued before the thread ends
+    assert calls[-1] == ['last']
+    with pytest.raises(Refused, match='shutting down'):
+        queue.submit('after', slo_s=1.0)
+
+
+def test_a_request_missed_in_the_queue_gets_an_answer_saying_so():
+    clock = FakeClock()
+    queue = Batcher(lambda items, width: items, PROFILE, SlackFit(), 64, clock=clock)
+    future = queue.submit('a', slo_s=0.05)
+    clock.now += 0.049
+    queue.start()
+    with pytest.raises(Missed):
+        future.result(timeout=5)
+    queue.stop()

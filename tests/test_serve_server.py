@@ -1,0 +1,203 @@
+"""`scalavit serve` as users run it: a real server in its own process on a loopback port, real HTTP requests."""
+import asyncio
+import base64
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
+
+from scalavit.checkpoint import load_model
+from scalavit.cli import build_parser
+from scalavit.serve.app import Service, Settings, create_app
+from scalavit.serve.runner import Runner
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, checkpoint, *options):
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
+             '--profile-repeats', '3', '--max-batch-size', '8', *options],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, self.process.stdout.read()
+            try:
+                if httpx.get(f'{self.url}/health/ready', timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError('the server did not become ready')
+
+    def post(self, body: bytes, content_type='image/png', **headers):
+        return httpx.post(f'{self.url}/predict', content=body, headers={'Content-Type': content_type, **headers},
+                          timeout=30)
+
+    def burst(self, bodies, **headers):
+        """All at once, as concurrent clients."""
+        async def send():
+            async with httpx.AsyncClient(base_url=self.url, timeout=60,
+                                         limits=httpx.Limits(max_connections=len(bodies))) as client:
+                return await asyncio.gather(*(client.post('/predict', content=body, headers={
+                    'Content-Type': 'image/png', **headers}) for body in bodies))
+        return asyncio.run(send())
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=30)
+
+
+@pytest.fixture(scope='module')
+def server(trained):
+    running = Server(trained / 'scala', '--max-body-bytes', '4096')
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope='module')
+def labelled_png(trained):
+    """A validation PNG that the checkpoint classifies correctly, with its class name."""
+    model, _ = load_model(str(trained / 'scala'))
+    runner_classes = model.pretrained_cfg['label_names']
+    for path in sorted((trained / 'data' / 'val').glob('*/*.png')):
+        pixels = torch.from_numpy(np.array(Image.open(path), dtype=np.float32)).reshape(1, 1, 28, 28) / 255
+        x = (pixels - model.pretrained_cfg['mean'][0]) / model.pretrained_cfg['std'][0]
+        with torch.no_grad():
+            if runner_classes[model.eval()(x).argmax()] == path.parent.name:
+                return path.read_bytes(), path.parent.name
+    pytest.fail('the trained checkpoint classifies no validation image correctly')
+
+
+def test_an_image_gets_its_class_sent_raw_as_a_form_or_as_base64(server, labelled_png):
+    png, label = labelled_png
+    answers = [server.post(png),
+               httpx.post(f'{server.url}/predict', files={'file': ('x.png', png, 'image/png')}, timeout=30),
+               httpx.post(f'{server.url}/predict', json={'image': base64.b64encode(png).decode()}, timeout=30)]
+    for response in answers:
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body['top5'][0]['label'] == label and len(body['top5']) == 3
+        assert sum(entry['probability'] for entry in body['top5']) == pytest.approx(1, abs=1e-4)
+        assert body['width'] in [0.25 + i / 16 for i in range(13)] and body['batch_size'] >= 1
+        assert body['queue_ms'] >= 0 and body['compute_ms'] > 0 and body['slo_ms'] == 100
+
+
+def test_a_pinned_width_answers_at_that_width(server, labelled_png):
+    assert server.post(labelled_png[0], **{'X-Width': '0.375'}).json()['width'] == 0.375
+
+
+def test_widths_and_health(server):
+    assert httpx.get(f'{server.url}/health/live').json() == {'status': 'live'}
+    widths = httpx.get(f'{server.url}/widths').json()
+    assert widths['policy'] == 'slackfit' and widths['batch_sizes'] == [1, 2, 4, 8]
+    assert len(widths['profile']) == 13 and all(len(row['p95_ms']) == 4 for row in widths['profile'])
+
+
+def test_each_bad_input_gets_its_status_and_a_message(server, labelled_png):
+    png = labelled_png[0]
+    cases = [
+        (server.post(b'this is not an image'), 400, 'not a readable image'),
+        (server.post(png[:len(png) // 2]), 400, 'not a readable image'),
+        (server.post(png + bytes(5000)), 413, 'over the limit of 4096'),
+        (server.post(png, content_type='text/plain'), 415, 'content type text/plain is not accepted'),
+        (server.post(png, **{'X-Width': '0.3'}), 400, 'not on the grid; valid widths: 0.25, 0.3125'),
+        (server.post(png, **{'X-SLO-Ms': 'soon'}), 400, 'X-SLO-Ms must be a positive number'),
+        (server.post(b'{"img": 1}', content_type='application/json'), 400, '{"image": "<base64'),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status and message in response.json()['error'], response.text
+    assert server.post(png).status_code == 200  # and it goes on
+
+
+def test_overload_is_refused_at_once_and_the_server_stays_up(server, labelled_png):
+    png = labelled_png[0]
+    hopeless = server.post(png, **{'X-SLO-Ms': '0.01'})
+    assert hopeless.status_code == 503 and int(hopeless.headers['Retry-After']) >= 1
+    burst = server.burst([png] * 150, **{'X-SLO-Ms': '15'})
+    statuses = [r.status_code for r in burst]
+    assert set(statuses) <= {200, 503} and 503 in statuses
+    assert httpx.get(f'{server.url}/health/live').status_code == 200
+    assert server.post(png).status_code == 200
+
+
+def test_concurrent_requests_are_batched(server, labelled_png):
+    answers = server.burst([labelled_png[0]] * 32, **{'X-SLO-Ms': '5000'})
+    assert all(r.status_code == 200 for r in answers)
+    assert max(r.json()['batch_size'] for r in answers) > 1
+
+
+def test_metrics_parse_and_count_what_happened(server, labelled_png):
+    server.post(b'garbage')
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f'{server.url}/metrics').text)}
+    requests = {s.labels['status']: s.value for s in families['scalavit_requests'].samples
+                if s.name == 'scalavit_requests_total'}
+    assert requests.get('400', 0) >= 1 and requests.get('200', 0) >= 1
+    for name in ('scalavit_request_latency_seconds', 'scalavit_queue_seconds', 'scalavit_batch_size',
+                 'scalavit_width', 'scalavit_slo_misses', 'scalavit_refusals', 'scalavit_queue_length'):
+        assert name in families, name
+
+
+def test_sigterm_answers_what_is_queued_then_exits(trained, labelled_png):
+    server = Server(trained / 'scala', '--policy', 'fixed:1')
+
+    async def burst_then_terminate():
+        async def post(client):
+            response = await client.post('/predict', content=labelled_png[0], headers={
+                'Content-Type': 'image/png', 'X-SLO-Ms': '20000'})
+            return response, time.monotonic()
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=60,
+                                     limits=httpx.Limits(max_connections=64)) as client:
+            sent = [asyncio.create_task(post(client)) for _ in range(64)]
+            await asyncio.wait(sent, return_when=asyncio.FIRST_COMPLETED)  # the model is busy, the rest queued
+            server.process.send_signal(signal.SIGTERM)
+            return time.monotonic(), await asyncio.gather(*sent)
+
+    try:
+        signalled, answers = asyncio.run(burst_then_terminate())
+        assert [response.status_code for response, _ in answers] == [200] * 64
+        assert sum(done > signalled for _, done in answers) > 0  # answered after the signal
+        # uvicorn ends by re-raising the signal once it has drained: the exit status says SIGTERM, as it should
+        assert server.process.wait(timeout=60) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+
+
+def test_it_binds_to_loopback_unless_told_otherwise():
+    assert build_parser().parse_args(['serve', 'run']).host == '127.0.0.1'
+
+
+def test_a_failing_forward_answers_500_and_the_next_request_is_served(trained, labelled_png, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    runner = Runner(str(trained / 'scala'))
+    service = Service(runner, Settings(profile_repeats=2, max_batch_size=2), runner.accuracies(None))
+    real_run = runner.run
+    with TestClient(create_app(service)) as client:
+        while client.get('/health/ready').status_code != 200:
+            time.sleep(0.05)
+        monkeypatch.setattr(runner, 'run', lambda images, width: 1 / 0)
+        service.batcher.run = runner.run
+        failed = client.post('/predict', content=labelled_png[0], headers={'Content-Type': 'image/png'})
+        assert failed.status_code == 500 and 'ZeroDivisionError' in failed.json()['error']
+        service.batcher.run = real_run
+        assert client.post('/predict', content=labelled_png[0], headers={'Content-Type': 'image/png'}).json()[
+            'top5'][0]['label'] == labelled_png[1]
