@@ -22,12 +22,13 @@ def latency(width, batch):
     (100, 1, (1.0, 1)),     # light load: the most accurate width
     (100, 3, (1.0, 3)),     # three waiting, all fit at width 1.0 (batch 4 takes 30 ms)
     (100, 50, (1.0, 8)),    # at most the largest profiled batch
-    (18, 8, (1.0, 2)),      # width 1.0 fits only up to batch 2 (15 ms) in 18 ms
+    (18, 8, (0.5, 8)),      # eight waiting: 0.5 answers all of them in 16.5 ms, 0.75 and 1.0 would take longer
+    (18, 2, (1.0, 2)),      # two waiting: width 1.0 answers both in 15 ms
     (12, 1, (0.5, 1)),      # 12.5 ms for width 1.0 does not fit: next most accurate is 0.5 (6.9 ms), not 0.75
     (5, 4, (0.25, 2)),      # only the smallest width, at batch 2 (4.9 ms)
     (4, 1, None),           # nothing fits: the request is dropped
 ])
-def test_slackfit_runs_the_most_accurate_width_and_batch_that_fit_the_slack(slack_ms, waiting, expected):
+def test_slackfit_packs_the_waiting_requests_and_runs_the_most_accurate_width_that_fits(slack_ms, waiting, expected):
     choice = SlackFit().choose(PROFILE, slack_ms * MS, waiting)
     assert (None if choice is None else (choice.width, choice.batch_size)) == expected
 
@@ -152,3 +153,38 @@ def test_a_request_missed_in_the_queue_gets_an_answer_saying_so():
     with pytest.raises(Missed):
         future.result(timeout=5)
     queue.stop()
+
+
+def test_forwards_slower_than_profiled_make_the_controller_plan_with_what_it_sees():
+    clock = FakeClock()
+
+    def slow(items, width):  # every forward takes twice its profiled p95
+        clock.now += 2 * PROFILE.p95(width, len(items))
+        return items
+
+    queue = Batcher(slow, PROFILE, SlackFit(), 64, clock=clock)
+    for _ in range(40):
+        queue.submit('x', slo_s=1.0)
+        queue._run(queue.plan(clock.now)[0])
+    assert 1.8 < queue.slowdown() <= 2.0  # a moving average, fading a little between batches
+    # half the SLO (20 ms) holds width 1.0's 12.5 ms of profile, but not the 23 ms it takes now
+    queue.submit('y', slo_s=0.040)
+    assert queue.plan(clock.now)[0].width == 0.5
+
+
+def test_what_a_burst_taught_fades_so_the_server_accepts_again():
+    queue, clock = batcher()
+    queue.note_overhead(0.5)  # an answer spent half a second in HTTP during a burst
+    with pytest.raises(Refused):
+        queue.submit('during', slo_s=0.1)
+    clock.now += 10  # no answer since: nothing renews what the burst taught
+    assert queue.reserve_s() < 0.001
+    queue.submit('after', slo_s=0.1)
+
+
+def test_a_batch_takes_at_most_half_of_its_slo_so_that_new_arrivals_keep_the_rest():
+    queue, clock = batcher()
+    for i in range(8):
+        queue.submit(i, slo_s=0.050)
+    # width 1.0 answers eight in 30 ms (< 50 ms of slack); within 25 ms the most accurate that does is 0.5
+    assert queue.plan(clock.now)[0].width == 0.5

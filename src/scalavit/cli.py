@@ -8,14 +8,14 @@ from pathlib import Path
 import timm
 import torch
 
-from .checkpoint import load_checkpoint, load_model
+from .checkpoint import load_model
+from .config import TrainConfig, option_kind, parse_number, read_config_file
 from .evaluate import count_macs, count_params, evaluate, evaluation_set, median_ms, time_call
 from .export import FORMATS, export_width
+from .files import check_writable_directory
 from .model import FASHION_MODEL, check_device, check_slimmable_model_name
 from .pick import BUDGETS, choose, rows_for
 from .report import plot, read_report, table, write_report
-from .config import TrainConfig, option_kind, parse_number, read_config_file
-from .files import check_writable_directory
 from .rundir import resumed_config, run_directory
 from .train import train
 
@@ -114,7 +114,8 @@ def _eval(args: argparse.Namespace) -> None:
     meta = report['meta']
     skipped = f" ({meta['skipped_images']} unreadable, skipped)" if meta.get('skipped_images') else ''
     print(f"{meta['model']} ({meta['method']}) on {meta['data']}, {meta['images']} images scored{skipped}; "
-          f"latency at batch 1 and throughput at batch {meta['throughput_batch']} on {meta['device_name']}, {meta['threads']} threads, fp32")
+          f"latency at batch 1 and throughput at batch {meta['throughput_batch']} on {meta['device_name']}, "
+          f"{meta['threads']} threads, fp32")
     print(table(report['rows']))
     print(f"results.csv, results.json, accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
 
@@ -133,7 +134,8 @@ def _compare(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     model, config = load_model(args.checkpoint, args.model)
     inputs = _sample_images(model, args.data or config.get('data'), args.images) if (args.data or config) else None
-    check = export_width(model, args.width, args.output, args.format, args.force, inputs, args.checkpoint)
+    check = export_width(model, args.width, args.output, args.format, args.force, inputs,
+                         checkpoint=args.checkpoint)
     source = f"{check['images']} {'images of ' + (args.data or config['data']) if inputs is not None else 'random inputs'}"
     print(f"width {check['width']:g} of {args.checkpoint} written to {args.output} ({args.format})")
     print(f"checked on {source}: max |logit difference| {check['max_abs_logit_difference']:.2e}, "

@@ -263,6 +263,7 @@ default_cfgs = generate_default_cfgs({
     'scala_deit_small_distilled_patch16_224': _cfg(**_DISTILLED),
     'scala_deit_base_distilled_patch16_224': _cfg(**_DISTILLED),
     FASHION_MODEL: _cfg(**_FASHION),
+    'scala_vit_tiny_patch7_56': _cfg(**dict(_FASHION, input_size=(1, 56, 56))),
     'scala_vit_mini_distilled_patch7_28': _cfg(**_FASHION, **_DISTILLED),
 })
 
@@ -347,3 +348,11 @@ def scala_vit_mini_distilled_patch7_28(pretrained: bool = False, **kwargs) -> Sl
     """The default 28x28 model with DeiT's distillation token and head."""
     model_args = dict(patch_size=7, embed_dim=96, depth=4, num_heads=3, distilled=True)
     return _create('scala_vit_mini_distilled_patch7_28', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_vit_tiny_patch7_56(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    """DeiT-Tiny's width and depth (192, 3 heads, 12 blocks) on 56x56 grayscale images (Fashion-MNIST upsampled):
+    the serving benchmark's model, heavy enough that compute, not HTTP, limits the server (docs/serving.md)."""
+    model_args = dict(patch_size=7, embed_dim=192, depth=12, num_heads=3)
+    return _create('scala_vit_tiny_patch7_56', pretrained, **dict(model_args, **kwargs))

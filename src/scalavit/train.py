@@ -5,7 +5,6 @@ process. Every rank draws the same sub-network widths at every step (one generat
 all-reduced gradient is the gradient of the whole global batch.
 """
 import contextlib
-import csv
 import dataclasses
 import json
 import math
@@ -28,13 +27,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights, random_states,
-                         save_atomically, set_random_states)
-from .files import write_text_atomically
+from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights,
+                         random_states, save_atomically, set_random_states)
+from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
+from .files import write_text_atomically
 from .losses import Logits
 from .methods import Scala, Separate, USNet
-from .config import TrainConfig
 from .model import SlimmableVisionTransformer
 from .rundir import RunLog, check_output, has_checkpoint, read_log, remove_stale_temporaries, run_directory
 from .widths import WidthGrid, scaled

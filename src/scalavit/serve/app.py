@@ -194,18 +194,17 @@ def create_app(service: Service) -> FastAPI:
     def live():
         return {'status': 'live'}
 
-    @app.get('/health/ready')
-    def ready():
-        if service.ready:
-            return {'status': 'ready', 'policy': service.policy.name}
+    def not_ready() -> JSONResponse:
         reason = service.error or 'profiling the widths on this device'
         return error(503, f"not ready: {reason}", {'Retry-After': '1'})
 
+    @app.get('/health/ready')
+    def ready():
+        return {'status': 'ready', 'policy': service.policy.name} if service.ready else not_ready()
+
     @app.get('/widths')
     def widths():
-        if not service.ready:
-            return error(503, 'not ready: profiling the widths on this device', {'Retry-After': '1'})
-        return service.widths_json()
+        return service.widths_json() if service.ready else not_ready()
 
     @app.get('/metrics')
     def prometheus_metrics():
@@ -221,7 +220,7 @@ def create_app(service: Service) -> FastAPI:
 
     async def answer(request: Request, arrival: float) -> Response:
         if not service.ready:
-            return error(503, 'not ready: profiling the widths on this device', {'Retry-After': '1'})
+            return not_ready()
         try:
             slo_s, width = request_options(request, service)
             image = service.runner.preprocess(await image_bytes(request, service.settings.max_body_bytes))
@@ -230,7 +229,7 @@ def create_app(service: Service) -> FastAPI:
         except BadImage as bad:
             return error(400, str(bad))
         try:
-            future = service.batcher.submit(image, slo_s, width)
+            future = service.batcher.submit(image, slo_s - (time.monotonic() - arrival), width)
         except Refused as refused:
             metrics.refusals.labels('refused').inc()
             metrics.slo_misses.inc()
@@ -245,6 +244,7 @@ def create_app(service: Service) -> FastAPI:
             log.error("a batch failed: %s", failed)
             return error(500, f"the model failed on this request's batch ({failed})")
         elapsed = time.monotonic() - arrival
+        service.batcher.note_overhead(elapsed - result.queue_s - result.compute_s)
         metrics.latency.observe(elapsed)
         metrics.queue_time.observe(result.queue_s)
         metrics.width.observe(result.width)

@@ -17,6 +17,26 @@ from typing import Any, Callable, Optional
 from .policy import Choice, Policy, Profile, could_finish_in_time
 
 
+SLOWDOWN_SMOOTHING = 0.1  # weight of the latest batch in the moving average of observed / profiled latency
+HALF_LIFE_S = 1.0  # what load taught the controller fades with this half-life once nothing renews it
+
+
+class Fading:
+    """A learned value that fades back to ``rest`` with a half-life unless it is set again: a server that refused
+    everything under a burst must accept again once the burst is over, although no answer came to teach it so."""
+
+    def __init__(self, rest: float, clock: Callable[[], float], half_life_s: float = HALF_LIFE_S):
+        self.rest, self.clock, self.half_life_s = rest, clock, half_life_s
+        self._value, self._at = rest, clock()
+
+    def __call__(self) -> float:
+        faded = 0.5 ** (max(0.0, self.clock() - self._at) / self.half_life_s)
+        return self.rest + (self._value - self.rest) * faded
+
+    def set(self, value: float) -> None:
+        self._value, self._at = value, self.clock()
+
+
 class Refused(Exception):
     """Not queued: the queue is full, the server is stopping, or the deadline cannot be met."""
 
@@ -69,6 +89,9 @@ class Batcher:
         self.clock, self.on_batch = clock, on_batch
         self.queue: list[Request] = []
         self.busy_until = 0.0
+        # How much slower than profiled the forwards run now (the CPU is shared with the HTTP side), and the time an
+        # answer spends outside the queue and the forward (HTTP, decoding), kept free of planned work.
+        self.slowdown, self.reserve_s = Fading(1.0, clock), Fading(0.0, clock)
         self.closed = False
         self._sequence = itertools.count()
         self._condition = threading.Condition()
@@ -98,7 +121,9 @@ class Batcher:
                 raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time())
             request = Request(now + slo_s, next(self._sequence), item, width, now)
             ahead = sum(1 for queued in self.queue if queued.deadline <= request.deadline)
-            if not could_finish_in_time(self.profile, slo_s, ahead, max(0.0, self.busy_until - now), width):
+            busy_for, slowdown = max(0.0, self.busy_until - now), self.slowdown()
+            if not could_finish_in_time(self.profile, (slo_s - self.reserve_s()) / slowdown, ahead,
+                                        busy_for / slowdown, width):
                 raise Refused(f'no width can answer within {1e3 * slo_s:g} ms at the current load',
                               self._drain_time())
             heapq.heappush(self.queue, request)
@@ -119,7 +144,9 @@ class Batcher:
         while self.queue:
             head = self.queue[0]
             candidates = [r for r in self.queue if r.width == head.width]
-            slack = head.deadline - now
+            # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half.
+            budget = min(head.deadline - now, (head.deadline - head.arrival) / 2)
+            slack = (budget - self.reserve_s()) / self.slowdown()  # in profiled seconds
             if head.width is None:
                 choice = self.policy.choose(self.profile, slack, len(candidates))
             else:
@@ -145,7 +172,7 @@ class Batcher:
                 now = self.clock()
                 batch, dropped = self.plan(now)
                 if batch is not None:
-                    self.busy_until = now + self.profile.p95(batch.width, len(batch.requests))
+                    self.busy_until = now + self.slowdown() * self.profile.p95(batch.width, len(batch.requests))
             for request in dropped:
                 if request.future.set_running_or_notify_cancel():
                     request.future.set_exception(Missed('no width could answer before the deadline'))
@@ -163,11 +190,24 @@ class Batcher:
                 request.future.set_exception(BatchFailed(f'{type(error).__name__}: {error}'))
             return
         end = self.clock()
+        self._observe(batch, end - start)
         for request, output in zip(batch.requests, outputs):
             request.future.set_result(Answer(output, batch.width, len(batch.requests), start - request.arrival,
                                              end - start))
         if self.on_batch is not None:
             self.on_batch(batch, end - start)
+
+
+    def _observe(self, batch: Batch, seconds: float) -> None:
+        """Track how much slower than their profile the forwards run now (a moving average of the ratio, never
+        below 1), so that the policy plans with the latencies the server actually sees under load."""
+        ratio = seconds / self.profile.p95(batch.width, len(batch.requests))
+        self.slowdown.set(max(1.0, (1 - SLOWDOWN_SMOOTHING) * self.slowdown() + SLOWDOWN_SMOOTHING * ratio))
+
+    def note_overhead(self, seconds: float) -> None:
+        """What one answer spent outside the queue and the forward; the reserve follows its recent peaks (fading
+        with time), so that answers planned to the edge of their slack still arrive in time."""
+        self.reserve_s.set(max(seconds, self.reserve_s()))
 
 
 def retry_after_header(seconds: float) -> str:

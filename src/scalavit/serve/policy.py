@@ -69,21 +69,24 @@ class Policy(Protocol):
 
 
 class SlackFit:
-    """The most accurate width whose p95 latency fits the earliest deadline's slack, packing as many of the
-    earliest-deadline requests as that width can answer within it (SuperServe, Ahmad et al., NSDI 2025).
+    """Pack the earliest-deadline requests, then run them at the most accurate width whose p95 latency for that
+    batch fits the earliest deadline's slack (SuperServe's SlackFit, Ahmad et al., NSDI 2025).
 
-    Under light load the slack is the whole SLO and the widest network runs; as requests queue, the slack of the
-    oldest shrinks and narrower, faster widths (and larger batches) take over, without any module state changing.
+    The batch takes every waiting request (up to the largest profiled batch); when no width can answer that many in
+    time, it shrinks through the profiled batch sizes until one can. Under light load one request waits, the slack
+    is the whole SLO and the widest network answers; as requests queue, batches grow and the slack of the oldest
+    shrinks, so narrower, faster widths take over, without any module state changing.
     """
 
     name = 'slackfit'
 
     def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
-        by_accuracy = sorted(profile.widths, key=lambda w: (-profile.accuracy[w], profile.latency[(w, 1)]))
-        for width in by_accuracy:
-            batch = profile.largest_batch_within(width, slack, waiting)
-            if batch is not None:
-                return Choice(width, batch)
+        count = min(waiting, profile.max_batch_size)
+        sizes = [count] + [b for b in reversed(profile.batch_sizes) if b < count]
+        for size in sizes:
+            fitting = [w for w in profile.widths if profile.p95(w, size) <= slack]
+            if fitting:
+                return Choice(max(fitting, key=lambda w: (profile.accuracy[w], -profile.latency[(w, 1)])), size)
         return None
 
 

@@ -1,0 +1,409 @@
+"""Adaptive-width serving under changing load: `scalavit serve` with SlackFit against fixed-width serving.
+
+The full width's capacity is what it answers one request at a time (1 / its profiled p95 at batch 1): with a latency
+SLO and a queue that is usually short, that is the rate fixed-width serving is built for. The server runs in its own process; this process drives it open-loop (asyncio, with aiohttp's client: httpx's costs
+about 1 ms of CPU a request here and fell behind its own schedule at 300 req/s) with a precomputed schedule:
+Poisson arrivals at 0.5x the full width's capacity (from the server's own profile), then 4x, then 0.5x again, then a
+bursty phase (gamma inter-arrival times with CV^2 = 4, at 1x on average). Each request is a real Fashion-MNIST test
+image, so the accuracy of what was served is measured from the answers. Latency counts from each request's scheduled
+send time (no coordinated omission); how late the client sent is reported, and a run where it fell behind is flagged.
+
+The same schedule runs against every policy, in rotated order, ``--repeats`` times; the doc reports the median and the
+spread over repeats.
+
+    python benchmarks/serve_load.py --checkpoint runs/serve-model                  # writes docs/serving.md
+    python benchmarks/serve_load.py --ceiling --checkpoint runs/ceiling            # the request ceiling, cheapest width
+    python benchmarks/serve_load.py --quick --checkpoint RUN --output /tmp/serving.md  # the pipeline in seconds
+"""
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import httpx
+import numpy as np
+from PIL import Image
+
+from scalavit.data import read_fashion_mnist
+from scalavit.evaluate import cpu_name
+from scalavit.files import write_text_atomically
+
+PHASES = (('low', 0.5, 'poisson'), ('high', 4.0, 'poisson'), ('low again', 0.5, 'poisson'), ('bursty', 1.0, 'gamma'))
+BURSTY_CV2 = 4.0
+LATE_SEND_MS = 5.0  # a client that sends its p99 request later than this behind schedule has fallen behind
+
+
+# The schedule and the images
+
+
+def schedule(rate_of_full_width: float, seconds: float, seed: int) -> tuple[np.ndarray, list[str]]:
+    """Send times (seconds from the start) and the phase of each request."""
+    rng = np.random.default_rng(seed)
+    times, phases, start = [], [], 0.0
+    for name, factor, kind in PHASES:
+        rate = factor * rate_of_full_width
+        count = int(rate * seconds * 1.5) + 10
+        if kind == 'poisson':
+            gaps = rng.exponential(1 / rate, count)
+        else:  # gamma with shape 1/CV^2 and the same mean: bursts and lulls
+            shape = 1 / BURSTY_CV2
+            gaps = rng.gamma(shape, 1 / (rate * shape), count)
+        arrivals = start + np.cumsum(gaps)
+        arrivals = arrivals[arrivals < start + seconds]
+        times.extend(arrivals)
+        phases.extend([name] * len(arrivals))
+        start += seconds
+    return np.array(times), phases
+
+
+def test_images(count: int) -> tuple[list[bytes], list[str]]:
+    """PNG files of the first Fashion-MNIST test images and their class names."""
+    from scalavit.data import FashionMNIST
+    images, labels = read_fashion_mnist('test')
+    pngs = []
+    for pixels in images[:count]:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.numpy(), 'L').save(buffer, format='PNG')
+        pngs.append(buffer.getvalue())
+    return pngs, [FashionMNIST.classes[int(label)] for label in labels[:count]]
+
+
+# The server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`scalavit serve` in its own process, until ``stop``."""
+
+    def __init__(self, checkpoint: str, policy: str, slo_ms: float, extra: list[str]):
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        command = [sys.executable, '-m', 'scalavit', 'serve', checkpoint, '--port', str(self.port), '--policy',
+                   policy, '--slo-ms', str(slo_ms), *extra]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.process.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f'{self.url}/health/ready', timeout=2).status_code == 200:
+                    self.profile = httpx.get(f'{self.url}/widths').json()
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError('the server did not become ready in 10 minutes')
+
+    def capacity(self, width: float, batched: bool = False) -> float:
+        """Requests a second ``width`` answers one at a time (1 / its p95 at batch 1), or ``batched`` at its best
+        profiled batch size."""
+        row = next(r for r in self.profile['profile'] if r['width'] == width)
+        rates = {int(b): int(b) / (ms / 1e3) for b, ms in row['p95_ms'].items()}
+        return max(rates.values()) if batched else rates[1]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+# The open-loop client
+
+
+@dataclass
+class Outcome:
+    scheduled: float
+    sent: float = 0.0
+    done: float = 0.0
+    status: int = 0  # 0: no answer (connection error or client timeout)
+    width: float = float('nan')
+    batch_size: int = 0
+    correct: bool = False
+
+
+async def drive(url: str, times: np.ndarray, images: list[bytes], labels: list[str], timeout_s: float) -> list[Outcome]:
+    """Send request i at times[i] whatever happened to the others, and record what came back."""
+    outcomes = [Outcome(float(t)) for t in times]
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+    async with aiohttp.ClientSession(url, connector=connector,
+                                     timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+        async def one(i: int, start: float):
+            outcome = outcomes[i]
+            outcome.sent = time.perf_counter() - start
+            try:
+                async with session.post('/predict', data=images[i % len(images)],
+                                        headers={'Content-Type': 'image/png'}) as response:
+                    outcome.status = response.status
+                    if response.status == 200:
+                        body = await response.json()
+                        outcome.width, outcome.batch_size = body['width'], body['batch_size']
+                        outcome.correct = body['top5'][0]['label'] == labels[i % len(labels)]
+                    else:
+                        await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                outcome.status = 0
+            outcome.done = time.perf_counter() - start
+
+        tasks = []
+        start = time.perf_counter()
+        for i, t in enumerate(times):
+            delay = t - (time.perf_counter() - start)
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, start)))
+        await asyncio.gather(*tasks)
+    return outcomes
+
+
+# Figures
+
+
+def summarise(outcomes: list[Outcome], phases: list[str], slo_s: float, seconds: float) -> dict:
+    def figures(selected: list[Outcome], duration: float) -> dict:
+        answered = [o for o in selected if o.status == 200]
+        latencies = sorted(1e3 * (o.done - o.scheduled) for o in answered)
+        met = [o for o in answered if o.done - o.scheduled <= slo_s]
+
+        def pct(q):
+            return round(float(np.percentile(latencies, q)), 2) if latencies else None
+        return dict(
+            offered=len(selected), answered=len(answered), refused=sum(o.status == 503 for o in selected),
+            errors=sum(o.status not in (200, 503) for o in selected),
+            attainment=round(len(met) / max(len(selected), 1), 4),
+            p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99),
+            goodput=round(len(met) / duration, 1),
+            accuracy=round(100 * sum(o.correct for o in answered) / len(answered), 2) if answered else None,
+            mean_width=round(float(np.mean([o.width for o in answered])), 4) if answered else None)
+
+    result = figures(outcomes, seconds * len(PHASES))
+    result['phases'] = {name: figures([o for o, p in zip(outcomes, phases) if p == name], seconds)
+                        for name, _, _ in PHASES}
+    lateness = [1e3 * (o.sent - o.scheduled) for o in outcomes]
+    result['client_late_p99_ms'] = round(float(np.percentile(lateness, 99)), 2)
+    result['client_fell_behind'] = result['client_late_p99_ms'] > LATE_SEND_MS
+    return result
+
+
+def timeline(outcomes: list[Outcome], seconds_total: float, slo_s: float) -> dict:
+    """Per second: offered requests, mean width answered, p95 latency (ms) of the answered ones."""
+    rows = dict(offered=[], width=[], p95_ms=[])
+    for second in range(int(np.ceil(seconds_total))):
+        here = [o for o in outcomes if second <= o.scheduled < second + 1]
+        answered = [o for o in here if o.status == 200]
+        rows['offered'].append(len(here))
+        rows['width'].append(float(np.mean([o.width for o in answered])) if answered else float('nan'))
+        rows['p95_ms'].append(float(np.percentile([1e3 * (o.done - o.scheduled) for o in answered], 95))
+                              if answered else float('nan'))
+    return rows
+
+
+def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, folder: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = list(timelines)
+    figure, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    first = timelines[names[0]]
+    axes[0].plot(first['offered'], color='black')
+    axes[0].set_ylabel('offered (req/s)')
+    for name in names:
+        axes[1].plot(timelines[name]['width'], label=name)
+        axes[2].plot(timelines[name]['p95_ms'], label=name)
+    axes[1].set_ylabel('mean width served')
+    axes[2].set_ylabel('p95 latency (ms)')
+    axes[2].axhline(slo_ms, color='red', linestyle='--', linewidth=1, label='SLO')
+    axes[2].set_yscale('log')
+    axes[2].set_xlabel('seconds')
+    for ax in axes:
+        for i in range(1, len(PHASES)):
+            ax.axvline(i * seconds, color='grey', linewidth=0.5)
+    axes[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(folder / 'serving_timeline.png', dpi=110)
+    plt.close(figure)
+
+    figure, ax = plt.subplots(figsize=(6, 4.4))
+    for name in names:
+        runs = results[name]
+        ax.scatter([100 * r['attainment'] for r in runs], [r['accuracy'] for r in runs], label=name)
+    ax.set_xlabel('SLO attainment over all offered requests (%)')
+    ax.set_ylabel('accuracy of the answered requests (%)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(folder / 'serving_attainment_accuracy.png', dpi=110)
+    plt.close(figure)
+    return ['serving_timeline.png', 'serving_attainment_accuracy.png']
+
+
+# The ceiling
+
+
+def ceiling(args, images, labels) -> None:
+    """Answered requests a second at the cheapest width, at rising constant offered rates: what HTTP, decoding and
+    the client cost on this machine when the model costs next to nothing. Written to serving_ceiling.md."""
+    server = Server(args.checkpoint, f'fixed:{args.smallest:g}', args.slo_ms, args.server_options)
+    lines = [f"{'offered/s':>10} {'answered/s':>11} {'attainment':>11} {'p99 ms':>8} {'client late p99 ms':>19}"]
+    try:
+        head = (f"cheapest width {args.smallest:g} of {args.checkpoint}: profiled capacity "
+                f"{server.capacity(args.smallest, batched=True):.0f} req/s batched "
+                f"(full width {server.capacity(1.0, batched=True):.0f})")
+        print(head + '\n' + lines[0], flush=True)
+        for rate in args.rates:
+            times = np.cumsum(np.random.default_rng(0).exponential(1 / rate, int(rate * args.seconds)))
+            outcomes = asyncio.run(drive(server.url, times, images, labels, timeout_s=10))
+            s = summarise(outcomes, ['low'] * len(outcomes), args.slo_ms / 1e3, args.seconds / len(PHASES))
+            answered = s['answered'] / max(o.done for o in outcomes)
+            lines.append(f"{rate:>10.0f} {answered:>11.0f} {s['attainment']:>11.3f} {s['p99_ms'] or 0:>8.1f} "
+                         f"{s['client_late_p99_ms']:>19.1f}")
+            print(lines[-1], flush=True)
+    finally:
+        server.stop()
+    command = 'python benchmarks/serve_load.py ' + ' '.join(sys.argv[1:])
+    page = (f"# The request ceiling of `scalavit serve` on this machine\n\nCommand: `{command}`\n\nMachine: "
+            f"{cpu_name()}, {os.cpu_count()} cores; server and client on the same machine; SLO {args.slo_ms:g} ms; "
+            f"{args.seconds:g} s of Poisson arrivals per rate.\n\n{head}\n\n```\n" + '\n'.join(lines) + '\n```\n')
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(args.output.with_name('serving_ceiling.md'), page)
+
+
+# The study
+
+
+def run_study(args, images, labels) -> None:
+    probe = Server(args.checkpoint, 'slackfit', args.slo_ms, args.server_options)
+    capacity, smallest = probe.capacity(1.0), min(r['width'] for r in probe.profile['profile'])
+    batched = probe.capacity(1.0, batched=True)
+    probe.stop()
+    policies = args.policies or (['slackfit', f'fixed:{smallest:g}'] if args.quick else
+                                 ['slackfit', 'maxacc', 'fixed:1', f'fixed:{smallest:g}'])
+    times, phases = schedule(capacity, args.seconds, args.seed)
+    print(f"full width capacity {capacity:.0f} req/s one at a time, {batched:.0f} batched (profile); {len(times)} requests over "
+          f"{args.seconds * len(PHASES):.0f} s; policies {', '.join(policies)}; {args.repeats} repeat(s)", flush=True)
+    results, timelines = {p: [] for p in policies}, {}
+    started = time.time()
+    for repeat in range(args.repeats):
+        order = policies[repeat % len(policies):] + policies[:repeat % len(policies)]
+        for policy in order:
+            server = Server(args.checkpoint, policy, args.slo_ms, args.server_options)
+            try:
+                outcomes = asyncio.run(drive(server.url, times, images, labels, timeout_s=30))
+            finally:
+                server.stop()
+            summary = summarise(outcomes, phases, args.slo_ms / 1e3, args.seconds)
+            results[policy].append(summary)
+            timelines.setdefault(policy, timeline(outcomes, args.seconds * len(PHASES), args.slo_ms / 1e3))
+            print(f"[{repeat + 1}/{args.repeats}] {policy:>12}: attainment {summary['attainment']:.4f}, accuracy "
+                  f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms"
+                  f"{'  (client fell behind)' if summary['client_fell_behind'] else ''}", flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    raw = dict(capacity=capacity, batched_capacity=batched, policies=policies, results=results,
+               seconds=args.seconds, slo_ms=args.slo_ms)
+    write_text_atomically(args.output.with_suffix('.json'), json.dumps(raw, indent=1) + '\n')
+    figures = plot(results, timelines, args.slo_ms, args.seconds, args.output.parent)
+    write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
+    print(f"wrote {args.output}")
+
+
+def spread(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return '-'
+    median = statistics.median(values)
+    return f"{median:g}" if len(values) == 1 else f"{median:g} ({min(values):g}-{max(values):g})"
+
+
+def document(args, raw: dict, figures: list[str], elapsed: float, requests: int) -> str:
+    policies, results = raw['policies'], raw['results']
+    command = 'python benchmarks/serve_load.py ' + ' '.join(sys.argv[1:])
+    lines = [
+        '# Serving under changing load: SlackFit against fixed-width serving', '',
+        f'Command: `{command}`', '',
+        f'Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; server and client on '
+        f'the same machine. Checkpoint `{args.checkpoint}`; SLO {args.slo_ms:g} ms; {requests} requests over '
+        f'{args.seconds * len(PHASES):.0f} s (phases of {args.seconds:g} s: low 0.5x, high 4x, low 0.5x of the full '
+        f"width's profiled capacity of {raw['capacity']:.0f} req/s one at a time ({raw['batched_capacity']:.0f} "
+        f"batched), then bursty at 1x with CV^2 = {BURSTY_CV2:g}); "
+        f'{args.repeats} repeat(s), policies in rotated order; {elapsed / 60:.1f} min in all.', '',
+        'Figures are the median over repeats with the range in brackets. Attainment counts every offered request '
+        '(refusals, drops and timeouts are misses); latencies are of answered requests, from the scheduled send '
+        'time; accuracy is measured on the answers.', '',
+        '| policy | SLO attainment | p50 ms | p95 ms | p99 ms | goodput req/s | accuracy % | mean width | '
+        'client late p99 ms |', '|---|---|---|---|---|---|---|---|---|']
+    for p in policies:
+        rs = results[p]
+        lines.append(f"| {p} | {spread([r['attainment'] for r in rs])} | {spread([r['p50_ms'] for r in rs])} | "
+                     f"{spread([r['p95_ms'] for r in rs])} | {spread([r['p99_ms'] for r in rs])} | "
+                     f"{spread([r['goodput'] for r in rs])} | {spread([r['accuracy'] for r in rs])} | "
+                     f"{spread([r['mean_width'] for r in rs])} | {spread([r['client_late_p99_ms'] for r in rs])} |")
+    lines += ['', 'By phase (attainment / accuracy % / mean width):', '',
+              '| policy | ' + ' | '.join(name for name, _, _ in PHASES) + ' |',
+              '|---|' + '---|' * len(PHASES)]
+    for p in policies:
+        cells = []
+        for name, _, _ in PHASES:
+            rs = [r['phases'][name] for r in results[p]]
+            cells.append(f"{spread([r['attainment'] for r in rs])} / {spread([r['accuracy'] for r in rs])} / "
+                         f"{spread([r['mean_width'] for r in rs])}")
+        lines.append(f"| {p} | " + ' | '.join(cells) + ' |')
+    behind = [p for p in policies if any(r['client_fell_behind'] for r in results[p])]
+    lines += ['', f"Client fell behind (p99 send lateness over {LATE_SEND_MS:g} ms) in: "
+                  f"{', '.join(behind) if behind else 'no run'}.", '']
+    lines += [f'![{name}]({name})' for name in figures]
+    return '\n'.join(lines) + '\n'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--checkpoint', required=True, help='the scalavit run to serve')
+    parser.add_argument('--slo-ms', type=float, default=100.0)
+    parser.add_argument('--seconds', type=float, default=30.0, help='length of each phase')
+    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--policies', nargs='+', help='default: slackfit maxacc fixed:1 fixed:<smallest>')
+    parser.add_argument('--server-options', type=shlex.split, default=['--threads', '1', '--max-batch-size', '16'],
+                        help="passed to `scalavit serve`, e.g. --server-options='--threads 1 --max-batch-size 16'")
+    parser.add_argument('--images', type=int, default=2000, help='test images to cycle through')
+    parser.add_argument('--output', type=Path, default=Path('docs/serving.md'))
+    parser.add_argument('--ceiling', action='store_true', help='measure the request ceiling at the cheapest width')
+    parser.add_argument('--smallest', type=float, default=0.25)
+    parser.add_argument('--rates', type=float, nargs='+', default=[100, 200, 400, 800, 1200])
+    parser.add_argument('--quick', action='store_true', help='the whole pipeline in seconds (the test suite)')
+    args = parser.parse_args()
+    try:
+        import uvloop  # the client's event loop costs half as much CPU with it, leaving more to the server
+        uvloop.install()
+    except ImportError:
+        pass
+    if args.quick:
+        args.seconds, args.repeats, args.images = 1.0, 1, 50
+        args.server_options = ['--threads', '1', '--max-batch-size', '4', '--profile-repeats', '3']
+    images, labels = test_images(args.images)
+    (ceiling if args.ceiling else run_study)(args, images, labels)
+
+
+if __name__ == '__main__':
+    main()
