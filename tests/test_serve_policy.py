@@ -188,3 +188,10 @@ def test_a_batch_takes_at_most_half_of_its_slo_so_that_new_arrivals_keep_the_res
         queue.submit(i, slo_s=0.050)
     # width 1.0 answers eight in 30 ms (< 50 ms of slack); within 25 ms the most accurate that does is 0.5
     assert queue.plan(clock.now)[0].width == 0.5
+
+
+def test_a_tight_slo_may_use_all_its_slack_when_half_of_it_fits_nothing():
+    queue, clock = batcher()
+    queue.submit('tight', slo_s=0.006)  # half of it (3 ms) fits no width; width 0.25 takes 4.06 ms
+    batch, dropped = queue.plan(clock.now)
+    assert not dropped and (batch.width, [r.item for r in batch.requests]) == (0.25, ['tight'])

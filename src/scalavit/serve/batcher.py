@@ -144,14 +144,11 @@ class Batcher:
         while self.queue:
             head = self.queue[0]
             candidates = [r for r in self.queue if r.width == head.width]
-            # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half.
-            budget = min(head.deadline - now, (head.deadline - head.arrival) / 2)
-            slack = (budget - self.reserve_s()) / self.slowdown()  # in profiled seconds
-            if head.width is None:
-                choice = self.policy.choose(self.profile, slack, len(candidates))
-            else:
-                batch_size = self.profile.largest_batch_within(head.width, slack, len(candidates))
-                choice = None if batch_size is None else Choice(head.width, batch_size)
+            # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
+            # only when nothing fits in that half may the batch use all the slack left.
+            slack = head.deadline - now
+            choice = (self._choose(head, len(candidates), min(slack, (head.deadline - head.arrival) / 2))
+                      or self._choose(head, len(candidates), slack))
             if choice is None:
                 dropped.append(heapq.heappop(self.queue))
                 continue
@@ -161,6 +158,13 @@ class Batcher:
             heapq.heapify(self.queue)
             return Batch(choice.width, taken), dropped
         return None, dropped
+
+    def _choose(self, head: Request, waiting: int, seconds: float) -> Optional[Choice]:
+        slack = (seconds - self.reserve_s()) / self.slowdown()  # in profiled seconds
+        if head.width is None:
+            return self.policy.choose(self.profile, slack, waiting)
+        batch_size = self.profile.largest_batch_within(head.width, slack, waiting)
+        return None if batch_size is None else Choice(head.width, batch_size)
 
     def _serve(self) -> None:
         while True:
