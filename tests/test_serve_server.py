@@ -181,7 +181,7 @@ def test_sigterm_answers_what_is_queued_then_exits(trained, labelled_png):
         server.stop()
 
 
-def test_it_binds_to_loopback_unless_told_otherwise():
+def test_the_default_host_is_loopback():
     assert build_parser().parse_args(['serve', 'run']).host == '127.0.0.1'
 
 

@@ -53,8 +53,7 @@ class Runner:
         return [[(str(self.classes[i]), round(float(p), 6)) for i, p in zip(row_i.tolist(), row_p.tolist())]
                 for row_i, row_p in zip(indices.cpu(), probabilities.cpu())]
 
-    def measure_latency(self, batch_sizes: list[int], repeats: int,
-                        progress=None) -> dict[tuple[float, int], float]:
+    def measure_latency(self, batch_sizes: list[int], repeats: int) -> dict[tuple[float, int], float]:
         """p95 seconds of a forward at every (width, batch size), after warm-up, CUDA synchronised."""
         latency = {}
         for width in self.widths:
@@ -63,8 +62,6 @@ class Runner:
                 with torch.inference_mode():
                     times = time_call(lambda: self.model(x, width), repeats, warmup=3)
                 latency[(width, batch)] = float(np.percentile(times, 95))
-                if progress is not None:
-                    progress()
         return latency
 
     def accuracies(self, data: Optional[str]) -> dict[float, float]:
