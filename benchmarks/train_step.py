@@ -37,7 +37,7 @@ def make_batch(model, batch_size, device):
     return images, target
 
 
-def scala_step_fn(model, images, target, seed):
+def scala_step_fn(model, images, target, seed, autocast=contextlib.nullcontext):
     """One Scala step whose width generator restarts from ``seed``: every call trains the same four networks."""
     method = Scala(model.grid, full_warmup_epochs=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -46,8 +46,8 @@ def scala_step_fn(model, images, target, seed):
     def step():
         optimizer.zero_grad(set_to_none=True)
         generator.manual_seed(seed)
-        method.step(SubNetworkPasses(model, images, contextlib.nullcontext,
-                                     torch.amp.GradScaler('cuda', enabled=False)), target, 0, generator)
+        method.step(SubNetworkPasses(model, images, autocast, torch.amp.GradScaler('cuda', enabled=False)),
+                    target, 0, generator)
         optimizer.step()
     return step
 

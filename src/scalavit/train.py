@@ -318,7 +318,8 @@ class Trainer:
         losses = self.method.step(run, targets, self.epoch, self.width_generator, teacher_logits)
         if config.clip_grad:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+            # The norm before clipping; inf or nan on an fp16 step that overflowed (the scaler then skips it).
+            losses['grad_norm'] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1

@@ -1,0 +1,359 @@
+"""The CUDA path, run on a real GPU: one line per check, exit status 1 if any check failed.
+
+Mixed-precision training (fp32, fp16 with the gradient scaler, bf16) of the default model on real Fashion-MNIST images
+and of DeiT-S at 224 on random images; fp16 with --clip-grad clipping the norm; a resumed run against an uninterrupted
+one; the Scala training step of DeiT-S at batch 128 in bf16, eager and compiled; `scalavit eval` and `pick` timing
+every width with CUDA synchronisation; `scalavit serve` on CUDA answering a burst of requests. Without a CUDA device
+it says so in one line and exits 0. Results are recorded in docs/gpu.md.
+
+    bash scripts/gpu_check.sh
+    bash scripts/gpu_check.sh --fashion-mnist DIR --workdir /tmp/gpu-check
+
+The checks are functions that tests/test_gpu_check.py also runs on the CPU where they mean something.
+"""
+import os
+
+os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # read when cuBLAS starts: deterministic resume check
+
+import argparse  # noqa: E402
+import asyncio
+import contextlib
+import dataclasses
+import math
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+import httpx
+import numpy as np
+import timm
+import torch
+from PIL import Image
+
+import scalavit  # noqa: F401  (registers the scala_* models)
+from scalavit.config import TrainConfig
+from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST, read_fashion_mnist
+from scalavit.evaluate import time_alternately
+from scalavit.model import FASHION_MODEL
+from scalavit.report import read_report
+from scalavit.train import Trainer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_step import make_batch, scala_step_fn  # noqa: E402
+
+DEIT_S = 'scala_deit_small_patch16_224'
+AUTOCAST = {'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
+
+
+# Data
+
+
+def fashion_folder(root: Path, source: Path = FASHION_MNIST_ROOT, per_class: int = 64, val_per_class: int = 20) -> Path:
+    """An image folder of real Fashion-MNIST PNGs, small enough for epochs of a few steps."""
+    for split, count in (('train', per_class), ('val', val_per_class)):
+        images, labels = read_fashion_mnist('train' if split == 'train' else 'test', source)
+        for label, name in enumerate(FashionMNIST.classes):
+            folder = root / split / name.replace('/', '-')
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, index in enumerate(torch.nonzero(labels == label).flatten()[:count].tolist()):
+                Image.fromarray(images[index].numpy(), 'L').save(folder / f'{i}.png')
+    return root
+
+
+def random_folder(root: Path, size: int, classes: int = 2, per_class: int = 48, val_per_class: int = 8) -> Path:
+    """An image folder of random RGB images: the speed and numerics of a 224x224 model without its data."""
+    rng = np.random.default_rng(0)
+    for split, count in (('train', per_class), ('val', val_per_class)):
+        for label in range(classes):
+            folder = root / split / f'class{label}'
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f'{i}.png')
+    return root
+
+
+# Training
+
+
+def train_config(data: Path, output: Path, model: str, device: str, amp: str, **options) -> TrainConfig:
+    settings = dict(model=model, data=str(data), output=str(output), device=device, amp=amp, epochs=1,
+                    batch_size=64, lr=1e-3, warmup_epochs=0, full_warmup_epochs=0, mixup=0.0, reprob=0.0, workers=2)
+    return TrainConfig(**{**settings, **options})
+
+
+def check_training(data: Path, output: Path, model: str, device: str, amp: str, **options) -> str:
+    """A short run through the trainer (steps, evaluation of every width, checkpoints): every loss finite."""
+    trainer = Trainer(train_config(data, output, model, device, amp, **options))
+    row = trainer.fit()
+    losses = {k: v for k, v in row.items() if k.startswith('loss_')}
+    bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
+    if bad:
+        raise AssertionError(f"losses not finite: {bad}")
+    missing = [w for w in trainer.model.widths if f'top1@{w:g}' not in row]
+    if missing or not (output / 'last.pt').is_file():
+        raise AssertionError(f"widths {missing} not evaluated or no last.pt written")
+    images = next(iter(trainer.eval_loader))[0][:2].to(trainer.device)
+    with torch.no_grad(), trainer.autocast():
+        dtype = trainer.model(images).dtype
+    if dtype != (AUTOCAST[amp] or torch.float32):
+        raise AssertionError(f"--amp {amp}: the trainer's forward gives {dtype} logits")
+    widths = trainer.model.widths
+    return (f"{row['step']} steps, {str(dtype)[6:]} logits, loss_full {losses['loss_full']:.4f} loss_smallest "
+            f"{losses.get('loss_smallest', float('nan')):.4f}, top-1 {row[f'top1@{widths[-1]:g}']:.1f}% at "
+            f"{widths[-1]:g} / {row[f'top1@{widths[0]:g}']:.1f}% at {widths[0]:g}, {row['images_per_s']:.0f} img/s")
+
+
+def gradient_norm(model: torch.nn.Module) -> float:
+    return float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(p.grad.float()) for p in model.parameters() if p.grad is not None])))
+
+
+def check_clipping(data: Path, output: Path, device: str, amp: str, clip: float = 0.05, steps: int = 8) -> str:
+    """--clip-grad under the gradient scaler: the norm the trainer reports is the unscaled one before clipping, and
+    the gradients the optimizer stepped with have a norm of at most ``clip``."""
+    trainer = Trainer(train_config(data, output, FASHION_MODEL, device, amp, clip_grad=clip, max_steps=steps))
+    trainer.model.train()
+    before, after = [], []
+    for images, targets, _ in trainer.train_loader:
+        norm = float(trainer._train_step(images, targets)['grad_norm'])
+        if math.isfinite(norm):  # an overflowed fp16 step is skipped by the scaler, not clipped
+            before.append(norm)
+            after.append(gradient_norm(trainer.model))
+        if trainer._out_of_steps():
+            break
+    if not before:
+        raise AssertionError(f"all {steps} steps overflowed")
+    if max(after) > clip * 1.001:
+        raise AssertionError(f"gradient norm {max(after):.4g} after clipping to {clip}")
+    if not max(before) > clip:
+        raise AssertionError(f"no step had a norm above {clip}: clipping never acted")
+    return (f"{len(before)}/{steps} steps stepped, norm before clipping {statistics.median(before):.3g} (median), "
+            f"after {max(after):.4g} <= {clip}; loss scale now {trainer.scaler.get_scale():g}")
+
+
+@contextlib.contextmanager
+def deterministic():
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def check_resume(data: Path, workdir: Path, device: str, amp: str, steps_per_epoch: int = 10) -> str:
+    """Two epochs straight against one epoch, stop, ``--resume`` for the second: the same weights and losses."""
+    with deterministic():
+        options = dict(epochs=2, batch_size=len(FashionMNIST.classes) * 64 // steps_per_epoch)
+        straight = Trainer(train_config(data, workdir / 'straight', FASHION_MODEL, device, amp, **options))
+        straight.fit()
+        halves = train_config(data, workdir / 'halves', FASHION_MODEL, device, amp, max_steps=steps_per_epoch,
+                              **options)
+        Trainer(halves).fit()
+        resumed = Trainer(dataclasses.replace(halves, max_steps=None), resume=str(workdir / 'halves'))
+        resumed.fit()
+    weight_diff = max(float((a - b).abs().max()) for a, b in zip(
+        straight.model.state_dict().values(), resumed.model.state_dict().values()))
+    loss_diff = max(abs(a[k] - b[k]) for a, b in zip(straight.log_rows, resumed.log_rows) for k in a
+                    if k.startswith('loss_'))
+    if resumed.step != straight.step or weight_diff > 1e-5 or loss_diff > 1e-5:
+        raise AssertionError(f"resumed run differs: step {resumed.step} vs {straight.step}, weights by "
+                             f"{weight_diff:.3g}, losses by {loss_diff:.3g}")
+    same = 'bit for bit' if weight_diff == 0 and loss_diff == 0 else f'weights within {weight_diff:.2g}'
+    return f"{straight.step} steps straight vs {steps_per_epoch} + resume: {same}, losses within {loss_diff:.2g}"
+
+
+# The Scala step's speed
+
+
+def compile_blocks(model: torch.nn.Module) -> None:
+    """torch.compile of each transformer block (the blocks share one graph per width: compiled once, reused)."""
+    for name in ('recompile_limit', 'cache_size_limit'):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    for block in model.blocks:
+        block.compile()
+
+
+def check_step_speed(device: str, model_name: str = DEIT_S, batch_size: int = 128, amp: str = 'bf16',
+                     calls: int = 10) -> str:
+    """Images per second of one Scala step (four sub-networks' forward and backward, one AdamW step), eager and with
+    the blocks compiled, timed alternately; the compiled step's first call is its compilation."""
+    torch.manual_seed(0)
+    eager = timm.create_model(model_name).to(device).train()
+    compiled = timm.create_model(model_name).to(device).train()
+    compiled.load_state_dict(eager.state_dict())
+    compile_blocks(compiled)
+    images, target = make_batch(eager, batch_size, device)
+    dtype = AUTOCAST[amp]
+    autocast = (lambda: torch.autocast('cuda', dtype=dtype)) if dtype else contextlib.nullcontext
+    eager_step = scala_step_fn(eager, images, target, seed=0, autocast=autocast)
+    compiled_step = scala_step_fn(compiled, images, target, seed=0, autocast=autocast)
+    start = time.perf_counter()
+    compiled_step()
+    torch.cuda.synchronize(device) if device.startswith('cuda') else None
+    compile_s = time.perf_counter() - start
+    eager_s, compiled_s = time_alternately(eager_step, compiled_step, calls)
+    return (f"{model_name} batch {batch_size} {amp}: eager {batch_size / eager_s:,.0f} img/s, compiled "
+            f"{batch_size / compiled_s:,.0f} img/s ({eager_s / compiled_s:.2f}x), first compiled step "
+            f"{compile_s:.0f} s")
+
+
+# Evaluation, pick and serving through the command line
+
+
+def scalavit(*args: str, timeout: float = 600) -> str:
+    result = subprocess.run([sys.executable, '-m', 'scalavit', *args], capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"scalavit {' '.join(args)} exited {result.returncode}: "
+                             f"{(result.stderr or result.stdout).strip().splitlines()[-1:]}")
+    return result.stdout
+
+
+def check_eval_and_pick(run: Path, device: str) -> str:
+    """`scalavit eval` times every width on ``device``; `pick` chooses from that report on the same device."""
+    scalavit('eval', str(run), '--device', device, '--latency-repeats', '20', '--workers', '2')
+    report = read_report(run)
+    rows, meta = report['rows'], report['meta']
+    if not meta['device'].startswith(device) or any(not row['latency_ms_median'] > 0 for row in rows):
+        raise AssertionError(f"report measured on {meta['device']}, latencies {[r['latency_ms_median'] for r in rows]}")
+    budget = statistics.median(row['latency_ms_median'] for row in rows)
+    chosen = [line for line in scalavit('pick', str(run), '--latency-ms', f'{budget:.4f}', '--device',
+                                        device).splitlines() if line.startswith('width ')]
+    if not chosen:
+        raise AssertionError("pick chose no width")
+    latencies = [row['latency_ms_median'] for row in rows]
+    return (f"{len(rows)} widths on {meta['device_name']}, batch-1 median {min(latencies):.3f}-{max(latencies):.3f} "
+            f"ms; pick --latency-ms {budget:.3f}: {chosen[0].split(':')[0]}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+async def send_burst(url: str, body: bytes, count: int) -> tuple[list[httpx.Response], float]:
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=count)) as client:
+        start = time.perf_counter()
+        answers = await asyncio.gather(*(client.post('/predict', content=body, headers={
+            'Content-Type': 'image/png'}) for _ in range(count)))
+        return answers, time.perf_counter() - start
+
+
+def check_serve(run: Path, image: Path, device: str, requests: int = 256) -> str:
+    """`scalavit serve` on ``device``: ready after profiling, a burst of concurrent requests answered (200, or 503
+    with Retry-After when refused), a pinned width honoured, and the server still up."""
+    url = f'http://127.0.0.1:{free_port()}'
+    process = subprocess.Popen([sys.executable, '-m', 'scalavit', 'serve', str(run), '--device', device, '--port',
+                                url.rsplit(':', 1)[1], '--max-batch-size', '16', '--profile-repeats', '10'],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"the server exited: {process.stdout.read()[-500:]}")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f'{url}/health/ready', timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise AssertionError("the server was not ready after 5 minutes")
+            time.sleep(0.5)
+        body = image.read_bytes()
+        answers, seconds = asyncio.run(send_burst(url, body, requests))
+        statuses = [a.status_code for a in answers]
+        unexpected = [a for a in answers if a.status_code != 200 and not (
+            a.status_code == 503 and 'retry-after' in a.headers)]
+        if unexpected or statuses.count(200) == 0:
+            raise AssertionError(f"statuses {sorted(set(statuses))}: {unexpected[0].text if unexpected else ''}")
+        served = [a.json() for a in answers if a.status_code == 200]
+        width = httpx.get(f'{url}/widths').json()['profile'][0]['width']
+        pinned = httpx.post(f'{url}/predict', content=body, headers={'Content-Type': 'image/png',
+                                                                      'X-Width': str(width)}, timeout=30)
+        if pinned.status_code != 200 or pinned.json()['width'] != width:
+            raise AssertionError(f"X-Width {width} answered {pinned.status_code}: {pinned.text[:200]}")
+        if process.poll() is not None:
+            raise AssertionError("the server died during the burst")
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        if process.poll() is None:
+            process.kill()
+    widths = sorted({s['width'] for s in served})
+    batches = [s['batch_size'] for s in served]
+    return (f"{requests} concurrent requests in {seconds:.2f} s: {len(served)} answered 200, "
+            f"{statuses.count(503)} refused with 503; widths {widths}, batches up to {max(batches)}")
+
+
+# The whole check
+
+
+def environment_line(device: str) -> str:
+    props = torch.cuda.get_device_properties(device)
+    driver = 'unknown'
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        driver = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
+                                capture_output=True, text=True, timeout=30).stdout.split('\n')[0].strip() or driver
+    return (f"environment: {props.name}, {props.total_memory / 2 ** 30:.0f} GiB, {props.multi_processor_count} SMs, "
+            f"driver {driver}, CUDA {torch.version.cuda}, torch {torch.__version__}, timm {timm.__version__}, "
+            f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+
+
+def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, callable]]:
+    small = fashion_folder(workdir / 'fashion', fashion)
+    large = random_folder(workdir / 'random224', 224)
+    image = next((small / 'val').glob('*/*.png'))
+    listed = []
+    for amp in ('none', 'fp16', 'bf16'):
+        listed.append((f'train default {amp}', lambda amp=amp: check_training(
+            small, workdir / f'default-{amp}', FASHION_MODEL, device, amp)))
+    for amp in ('none', 'fp16', 'bf16'):
+        listed.append((f'train DeiT-S 224 {amp}', lambda amp=amp: check_training(
+            large, workdir / f'deit-{amp}', DEIT_S, device, amp, batch_size=32, max_steps=3)))
+    listed += [
+        ('fp16 --clip-grad', lambda: check_clipping(small, workdir / 'clip', device, 'fp16')),
+        ('resume fp16', lambda: check_resume(small, workdir / 'resume', device, 'fp16')),
+        ('Scala step DeiT-S', lambda: check_step_speed(device)),
+        ('eval and pick', lambda: check_eval_and_pick(workdir / 'default-bf16', device)),
+        ('serve burst', lambda: check_serve(workdir / 'default-bf16', image, device)),
+    ]
+    return listed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--fashion-mnist', type=Path, default=FASHION_MNIST_ROOT,
+                        help='folder of the four Fashion-MNIST *-ubyte.gz files')
+    parser.add_argument('--workdir', type=Path, help='where runs are written (default: a temporary folder)')
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(f"no CUDA device: torch {torch.__version__} sees no GPU here, so nothing was checked")
+        return 0
+    device = 'cuda'
+    print(environment_line(device), flush=True)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix='scalavit-gpu-check-'))
+    listed, failed = checks(workdir, args.fashion_mnist, device), 0
+    for name, check in listed:
+        start = time.perf_counter()
+        try:
+            detail, status = check(), 'ok  '
+        except Exception as error:  # one failing check must not hide the others
+            traceback.print_exc(file=sys.stderr)
+            detail, status = f"{type(error).__name__}: {error}", 'FAIL'
+            failed += 1
+        print(f"{status} {name:<22} {detail} [{time.perf_counter() - start:.1f} s]", flush=True)
+    if args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"{len(listed) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+if __name__ == '__main__':
+    sys.exit(main())
