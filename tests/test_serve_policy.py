@@ -1,4 +1,5 @@
 """The controller and the batcher on a synthetic profile and a fake clock: no torch, no HTTP."""
+import contextlib
 import time
 
 import pytest
@@ -31,6 +32,18 @@ def latency(width, batch):
 def test_slackfit_packs_the_waiting_requests_and_runs_the_most_accurate_width_that_fits(slack_ms, waiting, expected):
     choice = SlackFit().choose(PROFILE, slack_ms * MS, waiting)
     assert (None if choice is None else (choice.width, choice.batch_size)) == expected
+
+
+@pytest.mark.parametrize('arrivals_per_s, expected', [
+    (100, 1.0),    # width 1.0 answers 267/s in batches of 8 (30 ms): keeps up with 1.25 x 100
+    (250, 0.5),    # 1.0 no longer does; of 0.75 (344/s) and 0.5 (485/s), 0.5 is the more accurate
+    (500, 0.25),   # only 0.25 (820/s) keeps up with 625/s
+    (1000, 0.25),  # none keeps up: the fastest
+])
+def test_slackfit_chooses_among_the_widths_that_keep_up_with_the_arrivals(arrivals_per_s, expected):
+    assert PROFILE.rate(1.0, within=0.1) == pytest.approx(8 / latency(1.0, 8))
+    choice = SlackFit(headroom=1.25).choose(PROFILE, 0.1, 1, arrival_rate=arrivals_per_s)
+    assert (choice.width, choice.batch_size) == (expected, 1)
 
 
 def test_the_baselines_keep_their_width():
@@ -195,3 +208,24 @@ def test_a_tight_slo_may_use_all_its_slack_when_half_of_it_fits_nothing():
     queue.submit('tight', slo_s=0.006)  # half of it (3 ms) fits no width; width 0.25 takes 4.06 ms
     batch, dropped = queue.plan(clock.now)
     assert not dropped and (batch.width, [r.item for r in batch.requests]) == (0.25, ['tight'])
+
+
+def test_the_batcher_plans_for_the_offered_rate_refusals_included_and_forgets_it():
+    class Recording(SlackFit):
+        def choose(self, profile, slack, waiting, arrival_rate=0.0):
+            self.rate = arrival_rate
+            return super().choose(profile, slack, waiting, arrival_rate)
+
+    policy = Recording()
+    queue, clock = batcher(policy, max_queue=100)
+    for _ in range(200):  # 400 requests a second over half a second: the last 100 find the queue full
+        with contextlib.suppress(Refused):
+            queue.submit('x', slo_s=1.0)
+        clock.now += 0.0025
+    assert len(queue) == 100
+    queue.plan(clock.now)
+    assert policy.rate == pytest.approx(400, rel=0.02)
+    assert queue.plan(clock.now)[0].width == 0.25  # 1.25 x 400/s: only width 0.25 keeps up
+    clock.now += 1.0
+    queue.plan(clock.now)
+    assert policy.rate == 0

@@ -5,6 +5,7 @@ size for the earliest deadlines and one forward answers them; a request whose de
 width is answered at once instead (``Missed``). New requests are refused when the queue is full or when even the
 cheapest width could not answer them in time (``Refused``), so the backlog never outgrows what can be served.
 """
+import collections
 import heapq
 import itertools
 import math
@@ -17,6 +18,7 @@ from typing import Any, Callable, Optional
 from .policy import Choice, Policy, Profile, could_finish_in_time
 
 
+RATE_WINDOW_S = 0.5  # the arrival rate the controller plans for: requests offered over this last stretch
 SLOWDOWN_SMOOTHING = 0.1  # weight of the latest batch in the moving average of observed / profiled latency
 HALF_LIFE_S = 1.0  # what load taught the controller fades with this half-life once nothing renews it
 
@@ -93,6 +95,7 @@ class Batcher:
         # answer spends outside the queue and the forward (HTTP, decoding), kept free of planned work.
         self.slowdown, self.reserve_s = Fading(1.0, clock), Fading(0.0, clock)
         self.closed = False
+        self._arrivals: collections.deque[float] = collections.deque()
         self._sequence = itertools.count()
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name='scalavit-model', daemon=True)
@@ -115,6 +118,7 @@ class Batcher:
     def submit(self, item: Any, slo_s: float, width: Optional[float] = None) -> Future:
         now = self.clock()
         with self._condition:
+            self._arrivals.append(now)  # offered load: refused requests count too
             if self.closed:
                 raise Refused('the server is shutting down', retry_after_s=1.0)
             if len(self.queue) >= self.max_queue:
@@ -129,6 +133,12 @@ class Batcher:
             heapq.heappush(self.queue, request)
             self._condition.notify()
         return request.future
+
+    def arrival_rate(self, now: float) -> float:
+        """Requests a second offered over the last ``RATE_WINDOW_S``."""
+        while self._arrivals and self._arrivals[0] < now - RATE_WINDOW_S:
+            self._arrivals.popleft()
+        return len(self._arrivals) / RATE_WINDOW_S
 
     def _drain_time(self) -> float:
         """Seconds until the queue would be empty at the cheapest width: when to try again."""
@@ -147,8 +157,9 @@ class Batcher:
             # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
             # only when nothing fits in that half may the batch use all the slack left.
             slack = head.deadline - now
-            choice = (self._choose(head, len(candidates), min(slack, (head.deadline - head.arrival) / 2))
-                      or self._choose(head, len(candidates), slack))
+            rate = self.arrival_rate(now)
+            choice = (self._choose(head, len(candidates), min(slack, (head.deadline - head.arrival) / 2), rate)
+                      or self._choose(head, len(candidates), slack, rate))
             if choice is None:
                 dropped.append(heapq.heappop(self.queue))
                 continue
@@ -159,10 +170,11 @@ class Batcher:
             return Batch(choice.width, taken), dropped
         return None, dropped
 
-    def _choose(self, head: Request, waiting: int, seconds: float) -> Optional[Choice]:
-        slack = (seconds - self.reserve_s()) / self.slowdown()  # in profiled seconds
+    def _choose(self, head: Request, waiting: int, seconds: float, arrival_rate: float) -> Optional[Choice]:
+        slowdown = self.slowdown()
+        slack = (seconds - self.reserve_s()) / slowdown  # in profiled seconds
         if head.width is None:
-            return self.policy.choose(self.profile, slack, waiting)
+            return self.policy.choose(self.profile, slack, waiting, arrival_rate * slowdown)
         batch_size = self.profile.largest_batch_within(head.width, slack, waiting)
         return None if batch_size is None else Choice(head.width, batch_size)
 

@@ -46,9 +46,11 @@ class Profile:
         batch = next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
         return self.latency[(width, batch)] * max(1.0, count / batch)
 
-    def rate(self, width: float) -> float:
-        """Requests a second ``width`` sustains at its most efficient batch size."""
-        return max(b / self.latency[(width, b)] for b in self.batch_sizes)
+    def rate(self, width: float, within: float = float('inf')) -> float:
+        """Requests a second ``width`` sustains at its most efficient batch size (of those answered ``within``
+        seconds; 0 if none is)."""
+        return max((b / self.latency[(width, b)] for b in self.batch_sizes if self.latency[(width, b)] <= within),
+                   default=0.0)
 
     def largest_batch_within(self, width: float, slack: float, waiting: int) -> Optional[int]:
         """How many of ``waiting`` requests ``width`` can answer within ``slack`` (None: not even one)."""
@@ -65,29 +67,46 @@ class Choice:
 class Policy(Protocol):
     name: str
 
-    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]: ...
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
+        """``arrival_rate``: requests a second arriving now, in the profile's time (what the server sees, scaled by
+        how much slower than profiled its forwards run)."""
 
 
 class SlackFit:
     """Pack the earliest-deadline requests, then run them at the most accurate width whose p95 latency for that
-    batch fits the earliest deadline's slack (SuperServe's SlackFit, Ahmad et al., NSDI 2025).
+    batch fits the earliest deadline's slack (SuperServe's SlackFit, Ahmad et al., NSDI 2025), among the widths that
+    keep up with the arrivals.
 
     The batch takes every waiting request (up to the largest profiled batch); when no width can answer that many in
     time, it shrinks through the profiled batch sizes until one can. Under light load one request waits, the slack
     is the whole SLO and the widest network answers; as requests queue, batches grow and the slack of the oldest
     shrinks, so narrower, faster widths take over, without any module state changing.
+
+    Slack alone reacts only once a backlog has formed, and under sustained overload it keeps choosing widths too slow
+    for the arrival rate: the queue grows until requests are refused. So a width is chosen only if, with batches that
+    fit the slack, it answers ``headroom`` times the current arrival rate; when none does, the fastest that fits.
     """
 
     name = 'slackfit'
 
-    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
+    def __init__(self, headroom: float = 1.25):
+        self.headroom = headroom
+
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
         count = min(waiting, profile.max_batch_size)
         sizes = [count] + [b for b in reversed(profile.batch_sizes) if b < count]
         for size in sizes:
             fitting = [w for w in profile.widths if profile.p95(w, size) <= slack]
             if fitting:
-                return Choice(max(fitting, key=lambda w: (profile.accuracy[w], -profile.latency[(w, 1)])), size)
+                return Choice(self._width(profile, fitting, slack, arrival_rate), size)
         return None
+
+    def _width(self, profile: Profile, fitting: list[float], slack: float, arrival_rate: float) -> float:
+        rates = {w: profile.rate(w, within=slack) for w in fitting}
+        keeping_up = [w for w in fitting if rates[w] >= self.headroom * arrival_rate]
+        if not keeping_up:
+            return max(fitting, key=rates.get)
+        return max(keeping_up, key=lambda w: (profile.accuracy[w], -profile.latency[(w, 1)]))
 
 
 class MaxAccuracy:
@@ -95,7 +114,7 @@ class MaxAccuracy:
 
     name = 'maxacc'
 
-    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
         width = profile.most_accurate
         return Choice(width, 1) if profile.latency[(width, 1)] <= slack else None
 
@@ -108,7 +127,7 @@ class Fixed:
         self.width = width
         self.name = f'fixed:{width:g}'
 
-    def choose(self, profile: Profile, slack: float, waiting: int) -> Optional[Choice]:
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
         batch = profile.largest_batch_within(self.width, slack, waiting)
         return None if batch is None else Choice(self.width, batch)
 
