@@ -46,11 +46,9 @@ class Profile:
         batch = next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
         return self.latency[(width, batch)] * max(1.0, count / batch)
 
-    def rate(self, width: float, within: float = float('inf')) -> float:
-        """Requests a second ``width`` sustains at its most efficient batch size (of those answered ``within``
-        seconds; 0 if none is)."""
-        return max((b / self.latency[(width, b)] for b in self.batch_sizes if self.latency[(width, b)] <= within),
-                   default=0.0)
+    def rate(self, width: float) -> float:
+        """Requests a second ``width`` sustains at its most efficient batch size."""
+        return max(b / self.latency[(width, b)] for b in self.batch_sizes)
 
     def largest_batch_within(self, width: float, slack: float, waiting: int) -> Optional[int]:
         """How many of ``waiting`` requests ``width`` can answer within ``slack`` (None: not even one)."""
@@ -83,8 +81,10 @@ class SlackFit:
     shrinks, so narrower, faster widths take over, without any module state changing.
 
     Slack alone reacts only once a backlog has formed, and under sustained overload it keeps choosing widths too slow
-    for the arrival rate: the queue grows until requests are refused. So a width is chosen only if, with batches that
-    fit the slack, it answers ``headroom`` times the current arrival rate; when none does, the fastest that fits.
+    for the arrival rate: the queue grows until requests are refused. So a width is chosen only if, at the batch size
+    being formed, it answers ``headroom`` times the current arrival rate; when none does, the fastest that fits. (The
+    batch being formed, not the most efficient one: under load on a shared CPU the batches a width would need to keep
+    up do not form, and a width chosen for them collapses into small batches and a growing backlog.)
     """
 
     name = 'slackfit'
@@ -98,11 +98,11 @@ class SlackFit:
         for size in sizes:
             fitting = [w for w in profile.widths if profile.p95(w, size) <= slack]
             if fitting:
-                return Choice(self._width(profile, fitting, slack, arrival_rate), size)
+                return Choice(self._width(profile, fitting, size, arrival_rate), size)
         return None
 
-    def _width(self, profile: Profile, fitting: list[float], slack: float, arrival_rate: float) -> float:
-        rates = {w: profile.rate(w, within=slack) for w in fitting}
+    def _width(self, profile: Profile, fitting: list[float], size: int, arrival_rate: float) -> float:
+        rates = {w: size / profile.p95(w, size) for w in fitting}
         keeping_up = [w for w in fitting if rates[w] >= self.headroom * arrival_rate]
         if not keeping_up:
             return max(fitting, key=rates.get)
