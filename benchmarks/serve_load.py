@@ -295,13 +295,15 @@ def ceiling(args, images, labels) -> None:
 
 def run_study(args, images, labels) -> None:
     probe = Server(args.checkpoint, 'slackfit', args.slo_ms, args.server_options)
-    capacity, smallest = probe.capacity(1.0), min(r['width'] for r in probe.profile['profile'])
+    profiled, smallest = probe.capacity(1.0), min(r['width'] for r in probe.profile['profile'])
     batched = probe.capacity(1.0, batched=True)
     probe.stop()
+    capacity = args.full_rate or profiled  # the profile's figure moves from one start to the next
     policies = args.policies or (['slackfit', f'fixed:{smallest:g}'] if args.quick else
                                  ['slackfit', 'maxacc', 'fixed:1', f'fixed:{smallest:g}'])
     times, phases = schedule(capacity, args.seconds, args.seed)
-    print(f"full width capacity {capacity:.0f} req/s one at a time, {batched:.0f} batched (profile); {len(times)} requests over "
+    print(f"full width capacity {capacity:.0f} req/s one at a time ({'--full-rate; ' if args.full_rate else ''}"
+          f"profile {profiled:.0f}, {batched:.0f} batched); {len(times)} requests over "
           f"{args.seconds * len(PHASES):.0f} s; policies {', '.join(policies)}; {args.repeats} repeat(s)", flush=True)
     results, timelines = {p: [] for p in policies}, {}
     started = time.time()
@@ -320,7 +322,8 @@ def run_study(args, images, labels) -> None:
                   f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms"
                   f"{'  (client fell behind)' if summary['client_fell_behind'] else ''}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    raw = dict(capacity=capacity, batched_capacity=batched, policies=policies, results=results,
+    raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=policies,
+               results=results,
                seconds=args.seconds, slo_ms=args.slo_ms)
     write_text_atomically(args.output.with_suffix('.json'), json.dumps(raw, indent=1) + '\n')
     figures = plot(results, timelines, args.slo_ms, args.seconds, args.output.parent)
@@ -345,8 +348,9 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
         f'Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; server and client on '
         f'the same machine. Checkpoint `{args.checkpoint}`; SLO {args.slo_ms:g} ms; {requests} requests over '
         f'{args.seconds * len(PHASES):.0f} s (phases of {args.seconds:g} s: low 0.5x, high 4x, low 0.5x of the full '
-        f"width's profiled capacity of {raw['capacity']:.0f} req/s one at a time ({raw['batched_capacity']:.0f} "
-        f"batched), then bursty at 1x with CV^2 = {BURSTY_CV2:g}); "
+        f"width's capacity of {raw['capacity']:.0f} req/s one at a time ({'set by --full-rate; ' if args.full_rate else ''}"
+        f"profiled at {raw['profiled_capacity']:.0f} at this start, {raw['batched_capacity']:.0f} batched), then bursty "
+        f"at 1x with CV^2 = {BURSTY_CV2:g}); "
         f'{args.repeats} repeat(s), policies in rotated order; {elapsed / 60:.1f} min in all.', '',
         'Figures are the median over repeats with the range in brackets. Attainment counts every offered request '
         '(refusals, drops and timeouts are misses); latencies are of answered requests, from the scheduled send '
@@ -381,6 +385,8 @@ def main() -> None:
     parser.add_argument('--checkpoint', required=True, help='the scalavit run to serve')
     parser.add_argument('--slo-ms', type=float, default=100.0)
     parser.add_argument('--seconds', type=float, default=30.0, help='length of each phase')
+    parser.add_argument('--full-rate', type=float, help="the full width's capacity the phases are multiples of, in "
+                        "req/s (default: 1 / its profiled p95 at batch 1, which varies between starts)")
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--policies', nargs='+', help='default: slackfit maxacc fixed:1 fixed:<smallest>')

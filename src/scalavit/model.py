@@ -4,7 +4,7 @@ Parameters carry timm's DeiT names, so timm ``deit_*`` state dicts and the autho
 are. ``model(x, width=r)`` runs the sub-network of width ratio r: every layer is sliced to int(r * D) channels (the
 MLP to int(r * 4D)); the number of heads and the attention scale stay those of the full model.
 """
-from typing import Optional
+from typing import Optional, Union
 
 import timm
 import torch
@@ -12,8 +12,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, trunc_normal_
-from timm.layers.trace_utils import _assert
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import FeatureGetterNet, feature_take_indices
+from timm.models._manipulate import checkpoint
 
 from .widths import Channels, WidthGrid, scaled, select_channels
 
@@ -34,6 +35,30 @@ def _classify(x: torch.Tensor, head: nn.Module, columns: slice) -> torch.Tensor:
     return F.linear(x, head.weight[:, columns], head.bias)
 
 
+# The two Python-side decisions of a forward, each a leaf for torch.fx (torch.fx.wrap): traced, they run as they are
+# in eager mode, on the real input and width, so a traced model gives the same errors as the eager one.
+
+def _checked_input(x: torch.Tensor, in_chans: int, img_size: tuple[int, int]) -> torch.Tensor:
+    """timm's fixed-size check: a larger image would otherwise be cropped silently by the strided convolution."""
+    if x.ndim != 4 or x.shape[1] != in_chans or tuple(x.shape[2:]) != tuple(img_size):
+        raise AssertionError(
+            f"input of shape {tuple(x.shape)} does not fit the model, which takes images of {in_chans}x{img_size[0]}x"
+            f"{img_size[1]} (batch, channels, height, width); resize them with the model's data config "
+            "(timm.data.resolve_data_config)")
+    return x
+
+
+def _channels_of(grid: WidthGrid, width: Optional[float], embed_dim: int, hidden_dim: int,
+                 isolated_activation: bool) -> Channels:
+    """The channels ``width`` uses (default: the largest width). Off-grid widths raise ``ValueError``."""
+    width = grid.largest if width is None else grid.snap(width)
+    return select_channels(grid, width, embed_dim, hidden_dim, isolated_activation)
+
+
+torch.fx.wrap('_checked_input')
+torch.fx.wrap('_channels_of')
+
+
 class PatchEmbed(nn.Module):
     """Image to patch tokens; the convolution's output channels are sliced, its input channels kept."""
 
@@ -47,11 +72,7 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
-        # timm's fixed-size check: a larger image would otherwise be cropped silently by the strided convolution.
-        _assert(x.ndim == 4 and x.shape[1] == self.proj.in_channels and tuple(x.shape[2:]) == self.img_size,
-                f"input of shape {tuple(x.shape)} does not fit the model, which takes images of "
-                f"{self.proj.in_channels}x{self.img_size[0]}x{self.img_size[1]} (batch, channels, height, width); "
-                "resize them with the model's data config (timm.data.resolve_data_config)")
+        x = _checked_input(x, self.proj.in_channels, self.img_size)
         proj = self.proj
         x = F.conv2d(x, proj.weight[channels.embed], proj.bias[channels.embed], stride=proj.stride)
         return x.flatten(2).transpose(1, 2)
@@ -143,12 +164,13 @@ class SlimmableVisionTransformer(nn.Module):
         self.grid = WidthGrid(smallest, largest, granularity)
         self.isolated_activation = isolated_activation
         self.num_classes = num_classes
-        self.embed_dim = self.num_features = embed_dim
+        self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.depth = depth
         self.num_heads = num_heads
         self.mlp_hidden_dim = int(embed_dim * mlp_ratio)
         self.distilled = distilled
         self.num_prefix_tokens = 2 if distilled else 1
+        self.grad_checkpointing = False
         self._check_heads_divide_widths()
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
@@ -161,6 +183,7 @@ class SlimmableVisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, attn_drop_rate, drop_path_rates[i])
             for i in range(depth)
         ])
+        self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -195,15 +218,36 @@ class SlimmableVisionTransformer(nn.Module):
 
     def channels(self, width: Optional[float] = None) -> Channels:
         """The channels ``width`` uses (default: the largest width). Off-grid widths raise ``ValueError``."""
-        width = self.grid.largest if width is None else self.grid.snap(width)
-        return select_channels(self.grid, width, self.embed_dim, self.mlp_hidden_dim, self.isolated_activation)
+        return _channels_of(self.grid, width, self.embed_dim, self.mlp_hidden_dim, self.isolated_activation)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         return {'pos_embed', 'cls_token', 'dist_token'}
 
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        """timm's parameter groups (layer-wise learning-rate decay): the embeddings, then one group per block."""
+        return dict(stem=r'^cls_token|dist_token|pos_embed|patch_embed',
+                    blocks=[(r'^blocks\.(\d+)', None), (r'^norm', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them (timm's interface)."""
+        self.grad_checkpointing = enable
+
     def get_classifier(self):
         return (self.head, self.head_dist) if self.distilled else self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """New classifiers of ``num_classes`` outputs, read at every width's channels (0: none, the model then
+        answers its pre-logits features). Pooling is by the class token only."""
+        if global_pool not in (None, 'token'):
+            raise ValueError(f"global_pool {global_pool!r}: this model pools by its class token only ('token')")
+        self.num_classes = num_classes
+        like = dict(device=self.cls_token.device, dtype=self.cls_token.dtype)
+        self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
+        if self.distilled:
+            self.head_dist = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
 
     def forward_features(self, x: torch.Tensor, width: Optional[float] = None) -> torch.Tensor:
         return self._features(x, self.channels(width))
@@ -215,15 +259,73 @@ class SlimmableVisionTransformer(nn.Module):
         channels = self.channels(width)
         return self._head(self._features(x, channels), channels)
 
-    def _features(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, list[int]]] = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+            width: Optional[float] = None,
+    ):
+        """timm's ``forward_intermediates`` at ``width``: the outputs of the blocks in ``indices`` (the last n if an
+        int, all if None) as NCHW maps of the width's channels (or NLC tokens), and the final features unless
+        ``intermediates_only``."""
+        if output_fmt not in ('NCHW', 'NLC'):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        channels = self.channels(width)
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        x = self._embed(x, channels)
+        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._block(block, x, channels)
+            if i in take_indices:
+                intermediates.append(self._final_norm(x, channels) if norm else x)
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == 'NCHW':
+            H, W = self.patch_embed.grid_size
+            intermediates = [y.reshape(y.shape[0], H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self._final_norm(x, channels), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the blocks after the last of ``indices`` (and the final norm and the classifier if asked)."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take_indices
+
+    def _embed(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
         x = self.patch_embed(x, channels)
         prefix = [self.cls_token] if self.dist_token is None else [self.cls_token, self.dist_token]
         prefix = [token[..., channels.embed].expand(x.shape[0], -1, -1) for token in prefix]
         x = torch.cat(prefix + [x], dim=1) + self.pos_embed[..., channels.embed]
-        x = self.pos_drop(x)
+        return self.pos_drop(x)
+
+    def _block(self, block: Block, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint(block, x, channels)
+        return block(x, channels)
+
+    def _final_norm(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        return x if isinstance(self.norm, nn.Identity) else _layer_norm(x, self.norm, channels.embed)
+
+    def _features(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
+        x = self._embed(x, channels)
         for block in self.blocks:
-            x = block(x, channels)
-        return _layer_norm(x, self.norm, channels.embed)
+            x = self._block(block, x, channels)
+        return self._final_norm(x, channels)
 
     def _head(self, x: torch.Tensor, channels: Channels, pre_logits: bool = False):
         """Class logits; a distilled model gives (class, distillation) logits in training, their mean in eval."""
@@ -295,9 +397,19 @@ def check_device(device: str) -> torch.device:
     return parsed
 
 
+class SlimmableFeatures(FeatureGetterNet):
+    """timm's ``features_only=True`` backbone, with the width still the forward's argument: ``features(x, width=r)``
+    gives the chosen blocks' NCHW maps of int(r * embed_dim) channels (``feature_info`` lists the full width's)."""
+
+    def forward(self, x: torch.Tensor, width: Optional[float] = None) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, indices=self.out_indices, norm=self.norm,
+                                                output_fmt=self.output_fmt, intermediates_only=True, width=width)
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
     """Weights load only from a local file: ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``."""
-    return build_model_with_cfg(SlimmableVisionTransformer, variant, pretrained, **kwargs)
+    feature_cfg = dict(out_indices=kwargs.pop('out_indices', 3), feature_cls=SlimmableFeatures)
+    return build_model_with_cfg(SlimmableVisionTransformer, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model
