@@ -158,12 +158,15 @@ class SlimmableVisionTransformer(nn.Module):
             drop_rate: float = 0.,
             attn_drop_rate: float = 0.,
             drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
     ):
         super().__init__()
         img_size = img_size[0] if isinstance(img_size, (tuple, list)) else img_size
         self.grid = WidthGrid(smallest, largest, granularity)
         self.isolated_activation = isolated_activation
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.embed_dim = self.num_features = self.head_hidden_size = embed_dim
         self.depth = depth
         self.num_heads = num_heads
@@ -178,7 +181,7 @@ class SlimmableVisionTransformer(nn.Module):
         self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        drop_path_rates = torch.linspace(0, drop_path_rate, depth).tolist()
+        drop_path_rates = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList([
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, norm_eps, attn_drop_rate, drop_path_rates[i])
             for i in range(depth)
@@ -190,6 +193,8 @@ class SlimmableVisionTransformer(nn.Module):
         if distilled:
             self.head_dist = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         self.init_weights()
+        if device is not None or dtype is not None:  # timm's factory arguments
+            self.to(device=device, dtype=dtype)
 
     def _check_heads_divide_widths(self):
         for width in self.grid.widths:
@@ -248,6 +253,7 @@ class SlimmableVisionTransformer(nn.Module):
         self.head = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
         if self.distilled:
             self.head_dist = nn.Linear(self.embed_dim, num_classes, **like) if num_classes > 0 else nn.Identity()
+        self.train(self.training)  # the new heads in the mode of the rest
 
     def forward_features(self, x: torch.Tensor, width: Optional[float] = None) -> torch.Tensor:
         return self._features(x, self.channels(width))
