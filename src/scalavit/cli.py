@@ -32,6 +32,10 @@ _HELP = {
     'full_warmup_epochs': 'first epochs train only the full width, at half the learning rate',
     'amp': 'none, fp16 or bf16 (CUDA only)', 'eval_widths': 'widths evaluated after each epoch (all after the last)',
     'auto_augment': "timm RandAugment string, or 'none'", 'clip_grad': 'clip the gradient norm to this value',
+    'init': "start from these weights: a scalavit run or checkpoint, a .pth, a .safetensors file or local-dir:FOLDER "
+            "(classes, image size, input channels and distillation adapted, each said in one line)",
+    'freeze_backbone': 'train only the classifier(s), at every width (the linear probe)',
+    'layer_decay': "timm's layer-wise learning-rate decay, e.g. 0.75",
 }
 
 

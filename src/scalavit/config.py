@@ -11,6 +11,7 @@ from typing import Any, Optional
 import torch
 import yaml
 
+from .finetune import check_source
 from .model import FASHION_MODEL, check_device, check_slimmable_model_name
 from .widths import WidthGrid
 
@@ -42,6 +43,10 @@ class TrainConfig:
     noise_calibration: bool = True
     full_warmup_epochs: int = 1
     teacher: Optional[str] = None
+    # fine-tuning
+    init: Optional[str] = None  # weights to start from (see finetune.py)
+    freeze_backbone: bool = False
+    layer_decay: Optional[float] = None
     # DeiT's recipe, from timm
     mixup: float = 0.2
     cutmix: float = 0.0
@@ -69,6 +74,10 @@ class TrainConfig:
             self.auto_augment = None
         check_slimmable_model_name(self.model)
         check_device(self.device)
+        if self.init is not None:
+            check_source(self.init)
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise ValueError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.amp != 'none' and not self.device.startswith('cuda'):
             raise ValueError(f"--amp {self.amp} needs a CUDA device (this run is on {self.device}): mixed precision "
                              "on a CPU is far slower than fp32. Use --amp none")

@@ -32,6 +32,7 @@ from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_c
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .files import write_text_atomically
+from .finetune import initialize
 from .losses import Logits
 from .methods import Scala, Separate, USNet
 from .model import SlimmableVisionTransformer
@@ -143,12 +144,19 @@ class Trainer:
         train_set, eval_set, self.classes = build_datasets(
             config.data, train_transform, eval_transform, data_config['input_size'][0])
         self.model_kwargs = model_kwargs(config, len(self.classes), probe.embed_dim)
-        self.model = timm.create_model(config.model, **self.model_kwargs).to(self.device)
+        self.model = timm.create_model(config.model, **self.model_kwargs)
+        if config.init and resume_checkpoint is None:
+            initialize(self.model, config.init, log=self._say)
+        if config.freeze_backbone:  # the paper's linear probe: only the classifier(s), read at every width
+            for name, parameter in self.model.named_parameters():
+                parameter.requires_grad_(name.startswith('head'))
+        self.model.to(self.device)
         self.teacher = load_teacher(config.teacher, self.model, self.classes, self.device) if config.teacher else None
         self.train_loader, self.eval_loader = self._loaders(train_set, eval_set)
         self.steps_per_epoch = len(self.train_loader)
 
-        self.optimizer = create_optimizer_v2(self.model, 'adamw', lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = create_optimizer_v2(self.model, 'adamw', lr=config.lr, weight_decay=config.weight_decay,
+                                             layer_decay=config.layer_decay)
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, 'cosine', num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
             min_lr=config.min_lr, warmup_lr=config.min_lr, step_on_epochs=False,
@@ -183,6 +191,10 @@ class Trainer:
                 checkpoint['log'] = read_log(run_directory(resume), checkpoint['epoch'])
             return checkpoint
         return None
+
+    def _say(self, line: str) -> None:
+        if self.ddp.is_main:
+            print(line, flush=True)
 
     def _seed(self, seed: int) -> None:
         random.seed(seed)

@@ -119,6 +119,7 @@ class Batcher:
         now = self.clock()
         with self._condition:
             self._arrivals.append(now)  # offered load: refused requests count too
+            self.arrival_rate(now)  # forgets what is older than the window, so the record stays bounded
             if self.closed:
                 raise Refused('the server is shutting down', retry_after_s=1.0)
             if len(self.queue) >= self.max_queue:

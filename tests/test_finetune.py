@@ -1,0 +1,114 @@
+"""`train --init`: each kind of source, and each adaptation the way timm makes it."""
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.layers import resample_abs_pos_embed
+from timm.models import adapt_input_conv
+
+from scalavit.checkpoint import load_checkpoint
+from scalavit.cli import main
+from scalavit.config import TrainConfig
+from scalavit.finetune import NOT_SLIMMABLE_WARNING, initialize
+from scalavit.model import FASHION_MODEL
+
+from conftest import FAST, make_image_folder
+
+
+@pytest.fixture(scope='module')
+def source(trained):
+    """A trained scalavit run of the default model on 3 classes, and its weights."""
+    return trained / 'scala', load_checkpoint(trained / 'scala')['model']
+
+
+def _initialized(source_path, name=FASHION_MODEL, **kwargs):
+    lines = []
+    model = timm.create_model(name, **kwargs)
+    initialize(model, str(source_path), log=lines.append)
+    return model.state_dict(), lines
+
+
+def test_a_scalavit_run_gives_its_weights_as_they_are(source):
+    run, weights = source
+    state, lines = _initialized(run, num_classes=3)
+    assert lines == []
+    assert all(torch.equal(state[name], tensor) for name, tensor in weights.items())
+
+
+def test_other_classes_reinitialise_the_classifier_and_keep_the_rest(source):
+    run, weights = source
+    state, lines = _initialized(run, num_classes=5)
+    assert lines == ['--init: head re-initialised for 5 classes (the source has 3)']
+    assert state['head.weight'].shape == (5, 96)
+    assert all(torch.equal(state[name], tensor) for name, tensor in weights.items() if not name.startswith('head'))
+
+
+def test_a_larger_image_resamples_the_position_embedding_as_timm_does(source):
+    run, weights = source
+    state, lines = _initialized(run, num_classes=3, img_size=56)
+    expected = resample_abs_pos_embed(weights['pos_embed'], [8, 8], num_prefix_tokens=1)
+    assert torch.equal(state['pos_embed'], expected) and state['pos_embed'].shape == (1, 65, 96)
+    assert lines == ['--init: pos_embed resampled from 16 to 64 patches (8x8)']
+
+
+def test_other_input_channels_adapt_the_patch_embedding_as_timm_does(source):
+    run, weights = source
+    state, lines = _initialized(run, num_classes=3, in_chans=3)
+    expected = adapt_input_conv(3, weights['patch_embed.proj.weight'], base_chans=1)
+    assert torch.equal(state['patch_embed.proj.weight'], expected)
+    assert lines == ['--init: patch embedding adapted from 1 to 3 input channels']
+
+
+def test_a_distilled_model_from_a_plain_source_starts_its_distillation_parts_from_the_class_ones(source):
+    run, weights = source
+    state, lines = _initialized(run, 'scala_vit_mini_distilled_patch7_28', num_classes=3)
+    assert torch.equal(state['dist_token'], weights['cls_token'])
+    assert torch.equal(state['head_dist.weight'], weights['head.weight'])
+    assert torch.equal(state['pos_embed'][:, 1], weights['pos_embed'][:, 0])
+    assert torch.equal(state['pos_embed'][:, 2:], weights['pos_embed'][:, 1:])
+    assert 'dist_token' in lines[0]
+
+
+def test_safetensors_and_timm_folders_load_with_the_warning_for_plain_models(source, tmp_path):
+    _, weights = source
+    save_file({k: v.contiguous() for k, v in weights.items()}, tmp_path / 'model.safetensors')
+    for path in (tmp_path / 'model.safetensors', f'local-dir:{tmp_path}'):
+        state, lines = _initialized(path, num_classes=3)
+        assert all(torch.equal(state[name], tensor) for name, tensor in weights.items())
+        assert lines == [f"--init {path}: {NOT_SLIMMABLE_WARNING}"]
+
+
+def test_another_architecture_is_an_error_naming_the_parameter(tmp_path):
+    torch.save({'model': timm.create_model('scala_deit_tiny_patch16_224', num_classes=3).state_dict()},
+               tmp_path / 'deit_tiny.pth')
+    with pytest.raises(ValueError, match=r"--init: parameter \S+ has shape .* in the source"):
+        _initialized(tmp_path / 'deit_tiny.pth', num_classes=3)
+
+
+def test_a_missing_source_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(FileNotFoundError, match='--init .*nope.pt: no such file'):
+        TrainConfig(init=str(tmp_path / 'nope.pt'), output=str(tmp_path / 'run'), device='cpu')
+    with pytest.raises(FileNotFoundError, match='holds none of model.safetensors'):
+        TrainConfig(init=f'local-dir:{tmp_path}', output=str(tmp_path / 'run'), device='cpu')
+    with pytest.raises(ValueError, match='--layer-decay must be in'):
+        TrainConfig(layer_decay=1.5, output=str(tmp_path / 'run'), device='cpu')
+
+
+def test_fine_tuning_from_the_command_line_with_the_backbone_frozen(source, tmp_path, capsys):
+    run, weights = source
+    data = make_image_folder(tmp_path / 'five', classes=5)
+    assert main(['train', '--data', str(data), '--init', str(run), '--freeze-backbone', '--output',
+                 str(tmp_path / 'probe'), *FAST]) == 0
+    assert 'head re-initialised for 5 classes' in capsys.readouterr().out
+    tuned = load_checkpoint(tmp_path / 'probe')['model']
+    assert all(torch.equal(tuned[name], tensor) for name, tensor in weights.items() if not name.startswith('head'))
+    assert tuned['head.weight'].shape == (5, 96)
+
+
+def test_layer_decay_gives_each_block_its_own_learning_rate(source, tmp_path):
+    from scalavit.train import Trainer
+    data = make_image_folder(tmp_path / 'three', classes=3)
+    config = TrainConfig(data=str(data), output=str(tmp_path / 'run'), device='cpu', layer_decay=0.5, workers=0,
+                         batch_size=8)
+    scales = sorted({group['lr_scale'] for group in Trainer(config).optimizer.param_groups})
+    assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** 5)  # embeddings, 4 blocks, then norm and head
