@@ -30,6 +30,7 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 import httpx
 import numpy as np
@@ -197,7 +198,8 @@ def check_step_speed(device: str, model_name: str = DEIT_S, batch_size: int = 12
     compiled_step = scala_step_fn(compiled, images, target, seed=0, autocast=autocast)
     start = time.perf_counter()
     compiled_step()
-    torch.cuda.synchronize(device) if device.startswith('cuda') else None
+    if device.startswith('cuda'):
+        torch.cuda.synchronize(device)
     compile_s = time.perf_counter() - start
     eager_s, compiled_s = time_alternately(eager_step, compiled_step, calls)
     return (f"{model_name} batch {batch_size} {amp}: eager {batch_size / eager_s:,.0f} img/s, compiled "
@@ -307,7 +309,7 @@ def environment_line(device: str) -> str:
             f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
 
 
-def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, callable]]:
+def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, Callable[[], str]]]:
     small = fashion_folder(workdir / 'fashion', fashion)
     large = random_folder(workdir / 'random224', 224)
     image = next((small / 'val').glob('*/*.png'))
