@@ -112,3 +112,36 @@ def test_layer_decay_gives_each_block_its_own_learning_rate(source, tmp_path):
                          batch_size=8)
     scales = sorted({group['lr_scale'] for group in Trainer(config).optimizer.param_groups})
     assert scales[-1] == 1.0 and scales[0] == pytest.approx(0.5 ** 5)  # embeddings, 4 blocks, then norm and head
+
+
+def test_each_kind_of_pth_source_loads(source, tmp_path):
+    _, weights = source
+    torch.save({'model': weights, 'epoch': 300}, tmp_path / 'authors.pth')  # the authors' (and DeiT's) format
+    torch.save(dict(weights), tmp_path / 'timm.pth')  # a bare timm state dict
+    for path in (tmp_path / 'authors.pth', tmp_path / 'timm.pth'):
+        state, lines = _initialized(path, num_classes=3)
+        assert all(torch.equal(state[name], tensor) for name, tensor in weights.items())
+        assert lines == [f"--init {path}: {NOT_SLIMMABLE_WARNING}"]
+
+
+def test_a_three_channel_source_into_a_one_channel_model_and_back(source, tmp_path):
+    _, weights = source
+    rgb = timm.create_model(FASHION_MODEL, num_classes=3, in_chans=3)
+    initialize(rgb, str(source[0]), log=lambda line: None)
+    torch.save({'model': rgb.state_dict()}, tmp_path / 'rgb.pth')
+    state, lines = _initialized(tmp_path / 'rgb.pth', num_classes=3, in_chans=1)
+    expected = adapt_input_conv(1, rgb.state_dict()['patch_embed.proj.weight'], base_chans=3)
+    assert torch.equal(state['patch_embed.proj.weight'], expected)
+    assert '--init: patch embedding adapted from 3 to 1 input channels' in lines
+    # 1 -> 3 repeats the channel scaled by 1/3, 3 -> 1 sums them: the round trip gives the original weights back
+    torch.testing.assert_close(state['patch_embed.proj.weight'], weights['patch_embed.proj.weight'])
+
+
+def test_every_width_of_a_fine_tuned_run_evaluates(source, tmp_path):
+    from scalavit.evaluate import evaluate
+    run, _ = source
+    data = make_image_folder(tmp_path / 'five', classes=5)
+    assert main(['train', '--data', str(data), '--init', str(run), '--output', str(tmp_path / 'tuned'), *FAST]) == 0
+    report = evaluate([str(tmp_path / 'tuned')], latency_repeats=1, throughput_repeats=1)
+    assert [row['width'] for row in report['rows']] == list(timm.create_model(FASHION_MODEL).widths)
+    assert all(0 <= row['top1'] <= 100 for row in report['rows'])
