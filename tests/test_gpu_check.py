@@ -1,4 +1,5 @@
 """scripts/gpu_check.sh without a GPU, and the checks of benchmarks/gpu_check.py that mean something on the CPU."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,14 +41,21 @@ def fashion(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def run(fashion):
+def trained_check(fashion):
     output = fashion.parent / 'run'
-    gpu_check.check_training(fashion, output, gpu_check.FASHION_MODEL, 'cpu', 'none')
-    return output
+    return output, gpu_check.check_training(fashion, output, gpu_check.FASHION_MODEL, 'cpu', 'none')
 
 
-def test_training_check_runs_the_trainer_and_reports_its_losses(run):
+@pytest.fixture(scope='module')
+def run(trained_check):
+    return trained_check[0]
+
+
+def test_training_check_runs_the_trainer_and_reports_its_losses(trained_check):
+    run, detail = trained_check
     assert (run / 'last.pt').is_file() and (run / 'log.jsonl').is_file()
+    last = json.loads((run / 'log.jsonl').read_text().splitlines()[-1])
+    assert detail.startswith(f"{last['step']} steps, float32 logits, loss_full {last['loss_full']:.4f}")
 
 
 def test_clipping_check_sees_the_norm_clipped(fashion):
