@@ -207,3 +207,37 @@ def test_torch_export_of_a_width_gives_that_widths_logits():
     program = torch.export.export(model, (x,), kwargs={'width': 0.5})
     with torch.no_grad():
         assert torch.equal(program.module()(x, width=0.5), model(x, 0.5))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_forward_torchscript(name):
+    """timm: test_model_forward_torchscript (a distilled model scripts to the mean of its two heads, as timm's)."""
+    model = timm.create_model(name).eval()
+    x = _inputs(model)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['scala_vit_mini_patch7_28', 'scala_vit_mini_distilled_patch7_28'])
+def test_forward_fx_torchscript(name):
+    """timm: test_model_forward_fx_torchscript."""
+    model = timm.create_model(name).eval()
+    x = _inputs(model)
+    scripted = torch.jit.script(_fx_model(model))
+    with torch.inference_mode():
+        assert torch.equal(torch.cat(tuple(scripted(x).values())), model(x))
+
+
+def test_a_scripted_model_saved_and_loaded_answers_at_every_width_and_refuses_what_the_eager_one_refuses(tmp_path):
+    model = timm.create_model('scala_vit_mini_patch7_28', granularity=1 / 8).eval()
+    torch.jit.save(torch.jit.script(model), tmp_path / 'model.pt')
+    loaded = torch.jit.load(tmp_path / 'model.pt')
+    x = _inputs(model, 2)
+    with torch.no_grad():
+        for width in model.widths:
+            torch.testing.assert_close(loaded(x, width), model(x, width), atol=1e-5, rtol=1e-5)
+        with pytest.raises(torch.jit.Error, match=r"ValueError: width 0\.29+ is not on this model's grid"):
+            loaded(x, 0.3)
+        with pytest.raises(torch.jit.Error, match='does not fit the model'):
+            loaded(torch.randn(2, 1, 32, 32))

@@ -36,16 +36,16 @@ def test_bad_grids_are_refused(kwargs, message):
 
 def test_isolated_activation_takes_first_channels_at_the_ends_and_last_ones_between():
     grid = WidthGrid()
-    assert select_channels(grid, 0.25, 384, 1536).embed == slice(0, 96)
-    assert select_channels(grid, 1.0, 384, 1536) == (slice(0, 384), slice(0, 1152), slice(0, 1536), 384)
-    assert select_channels(grid, 0.5, 384, 1536) == (slice(-192, None), slice(-576, None), slice(-768, None), 192)
-    assert select_channels(grid, 0.5, 384, 1536, isolated_activation=False).embed == slice(0, 192)
+    assert select_channels(grid, 0.25, 384, 1536).embed == (0, 96)
+    assert select_channels(grid, 1.0, 384, 1536) == ((0, 384), (0, 1152), (0, 1536), 384)
+    assert select_channels(grid, 0.5, 384, 1536) == ((192, 384), (576, 1152), (768, 1536), 192)
+    assert select_channels(grid, 0.5, 384, 1536, isolated_activation=False).embed == (0, 192)
 
 
 def test_largest_below_one_still_takes_the_first_channels():
     grid = WidthGrid(0.25, 0.75, 0.125)
-    assert select_channels(grid, 0.75, 384, 1536).embed == slice(0, 288)
-    assert select_channels(grid, 0.625, 384, 1536).embed == slice(-240, None)
+    assert select_channels(grid, 0.75, 384, 1536).embed == (0, 288)
+    assert select_channels(grid, 0.625, 384, 1536).embed == (144, 384)
 
 
 def test_stable_sampling_bins_follow_the_reference_code():

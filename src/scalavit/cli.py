@@ -98,7 +98,7 @@ def _widths(args: argparse.Namespace) -> None:
     with torch.inference_mode():
         for width in model.widths:
             channels = model.channels(width)
-            side = 'last' if channels.embed.start is not None and channels.embed.start < 0 else 'first'
+            side = 'last' if channels.embed[0] > 0 else 'first'
             latency = median_ms(time_call(lambda: model(x, width), repeats=args.repeats))
             print(f"{width:>7.4f} {channels.dim:>9d} {side:>5} {count_params(model, width):>11,d} "
                   f"{count_macs(model, width, input_size):>13,d} {latency:>11.2f}")

@@ -26,8 +26,7 @@ TIMM_NORM_EPS = 1e-6  # timm's ViT LayerNorm, the only epsilon a serialised timm
 def dense_model_args(model: SlimmableVisionTransformer, width: float) -> dict[str, Any]:
     """Keyword arguments of timm's ``VisionTransformer`` (or ``VisionTransformerDistilled``) for ``width``."""
     channels = model.channels(width)
-    hidden_dim = channels.hidden.indices(model.mlp_hidden_dim)
-    hidden_dim = hidden_dim[1] - hidden_dim[0]
+    hidden_dim = channels.hidden[1] - channels.hidden[0]
     mlp_ratio = hidden_dim / channels.dim
     if int(channels.dim * mlp_ratio) != hidden_dim:
         raise ValueError(f"width {width}: MLP width {hidden_dim} is not expressible as a timm mlp_ratio of {channels.dim}")
@@ -50,7 +49,7 @@ def dense_model_args(model: SlimmableVisionTransformer, width: float) -> dict[st
 def dense_state_dict(model: SlimmableVisionTransformer, width: float) -> dict[str, torch.Tensor]:
     """The weights ``width`` uses, as a dense timm state dict (contiguous copies, timm parameter names)."""
     channels = model.channels(width)
-    embed, qkv_rows, hidden = channels.embed, channels.qkv, channels.hidden
+    embed, qkv_rows, hidden = slice(*channels.embed), slice(*channels.qkv), slice(*channels.hidden)
     dim, head_dim_full = channels.dim, model.embed_dim // model.num_heads
     # timm scales scores by (dim / heads) ** -0.5; the slimmable model keeps the full model's scale.
     query_scale = ((dim // model.num_heads) / head_dim_full) ** 0.5

@@ -16,23 +16,25 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 
-from .widths import Channels, WidthGrid, scaled, select_channels
+from .widths import Channels, WidthGrid, check_is_number, grid_index, scaled, select_channels
 
 
-def _linear(x: torch.Tensor, layer: nn.Linear, rows: slice, columns: slice) -> torch.Tensor:
-    bias = None if layer.bias is None else layer.bias[rows]
-    return F.linear(x, layer.weight[rows, columns], bias)
+class SlicedLinear(nn.Linear):
+    """A linear layer run on a block of its rows (outputs) and columns (inputs), each a ``(start, stop)`` range."""
+
+    def forward(self, x: torch.Tensor, rows: tuple[int, int], columns: tuple[int, int]) -> torch.Tensor:
+        bias = self.bias
+        if bias is not None:
+            bias = bias[rows[0]:rows[1]]
+        return F.linear(x, self.weight[rows[0]:rows[1], columns[0]:columns[1]], bias)
 
 
-def _layer_norm(x: torch.Tensor, norm: nn.LayerNorm, channels: slice) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], norm.weight[channels], norm.bias[channels], norm.eps)
+class SlicedLayerNorm(nn.LayerNorm):
+    """A LayerNorm over a ``(start, stop)`` range of its channels."""
 
-
-def _classify(x: torch.Tensor, head: nn.Module, columns: slice) -> torch.Tensor:
-    """A classifier reads the width's feature columns and keeps all of its outputs and its whole bias."""
-    if isinstance(head, nn.Identity):
-        return x
-    return F.linear(x, head.weight[:, columns], head.bias)
+    def forward(self, x: torch.Tensor, channels: tuple[int, int]) -> torch.Tensor:
+        start, stop = channels
+        return F.layer_norm(x, [stop - start], self.weight[start:stop], self.bias[start:stop], self.eps)
 
 
 # The two Python-side decisions of a forward, each a leaf for torch.fx (torch.fx.wrap): traced, they run as they are
@@ -40,19 +42,21 @@ def _classify(x: torch.Tensor, head: nn.Module, columns: slice) -> torch.Tensor:
 
 def _checked_input(x: torch.Tensor, in_chans: int, img_size: tuple[int, int]) -> torch.Tensor:
     """timm's fixed-size check: a larger image would otherwise be cropped silently by the strided convolution."""
-    if x.ndim != 4 or x.shape[1] != in_chans or tuple(x.shape[2:]) != tuple(img_size):
+    if x.dim() != 4 or x.shape[1] != in_chans or x.shape[2] != img_size[0] or x.shape[3] != img_size[1]:
         raise AssertionError(
-            f"input of shape {tuple(x.shape)} does not fit the model, which takes images of {in_chans}x{img_size[0]}x"
+            f"input of shape {list(x.shape)} does not fit the model, which takes images of {in_chans}x{img_size[0]}x"
             f"{img_size[1]} (batch, channels, height, width); resize them with the model's data config "
             "(timm.data.resolve_data_config)")
     return x
 
 
-def _channels_of(grid: WidthGrid, width: Optional[float], embed_dim: int, hidden_dim: int,
-                 isolated_activation: bool) -> Channels:
+def _channels_of(widths: list[float], table: list[Channels], width: Optional[float]) -> Channels:
     """The channels ``width`` uses (default: the largest width). Off-grid widths raise ``ValueError``."""
-    width = grid.largest if width is None else grid.snap(width)
-    return select_channels(grid, width, embed_dim, hidden_dim, isolated_activation)
+    if width is None:
+        return table[-1]
+    if not torch.jit.is_scripting():
+        check_is_number(width, widths)
+    return table[grid_index(widths, width)]
 
 
 torch.fx.wrap('_checked_input')
@@ -73,8 +77,11 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
         x = _checked_input(x, self.proj.in_channels, self.img_size)
-        proj = self.proj
-        x = F.conv2d(x, proj.weight[channels.embed], proj.bias[channels.embed], stride=proj.stride)
+        start, stop = channels.embed
+        bias = self.proj.bias
+        if bias is not None:
+            bias = bias[start:stop]
+        x = F.conv2d(x, self.proj.weight[start:stop], bias, stride=self.proj.stride)
         return x.flatten(2).transpose(1, 2)
 
 
@@ -84,45 +91,45 @@ class Attention(nn.Module):
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5  # the full model's, at every width (reference code)
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = SlicedLinear(dim, dim * 3, bias=qkv_bias)
+        self.proj = SlicedLinear(dim, dim)
 
     def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
         B, N, C = x.shape
         # One contiguous block of 3C rows of the fused matrix, split into q, k, v afterwards (reference code).
-        qkv = _linear(x, self.qkv, channels.qkv, channels.embed)
+        qkv = self.qkv(x, channels.qkv, channels.embed)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
         x = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_drop if self.training else 0., scale=self.scale)
         x = x.transpose(1, 2).reshape(B, N, C)
-        return _linear(x, self.proj, channels.embed, channels.embed)
+        return self.proj(x, channels.embed, channels.embed)
 
 
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = SlicedLinear(dim, hidden_dim)
+        self.fc2 = SlicedLinear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
-        x = F.gelu(_linear(x, self.fc1, channels.hidden, channels.embed))
-        return _linear(x, self.fc2, channels.embed, channels.hidden)
+        x = F.gelu(self.fc1(x, channels.hidden, channels.embed))
+        return self.fc2(x, channels.embed, channels.hidden)
 
 
 class Block(nn.Module):
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool, norm_eps: float,
                  attn_drop: float = 0., drop_path: float = 0.):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm1 = SlicedLayerNorm(dim, eps=norm_eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop)
         self.drop_path1 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
+        self.norm2 = SlicedLayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.drop_path2 = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
-        x = x + self.drop_path1(self.attn(_layer_norm(x, self.norm1, channels.embed), channels))
-        x = x + self.drop_path2(self.mlp(_layer_norm(x, self.norm2, channels.embed), channels))
+        x = x + self.drop_path1(self.attn(self.norm1(x, channels.embed), channels))
+        x = x + self.drop_path2(self.mlp(self.norm2(x, channels.embed), channels))
         return x
 
 
@@ -137,6 +144,10 @@ class SlimmableVisionTransformer(nn.Module):
             reference code's sliced norms use and what the authors' checkpoints were trained with.
         distilled: add DeiT's distillation token and head.
     """
+    # Each width's channels, computed once: what a traced or scripted forward looks up (TorchScript reads the types).
+    grid_widths: list[float]
+    channel_table: list[Channels]
+    __jit_unused_properties__ = ['widths']
 
     def __init__(
             self,
@@ -175,6 +186,9 @@ class SlimmableVisionTransformer(nn.Module):
         self.num_prefix_tokens = 2 if distilled else 1
         self.grad_checkpointing = False
         self._check_heads_divide_widths()
+        self.grid_widths = list(self.grid.widths)
+        self.channel_table = [select_channels(self.grid, w, embed_dim, self.mlp_hidden_dim, isolated_activation)
+                              for w in self.grid_widths]
 
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -187,7 +201,7 @@ class SlimmableVisionTransformer(nn.Module):
             for i in range(depth)
         ])
         self.feature_info = [dict(module=f'blocks.{i}', num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
-        self.norm = nn.LayerNorm(embed_dim, eps=norm_eps)
+        self.norm = SlicedLayerNorm(embed_dim, eps=norm_eps)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if distilled:
@@ -223,7 +237,7 @@ class SlimmableVisionTransformer(nn.Module):
 
     def channels(self, width: Optional[float] = None) -> Channels:
         """The channels ``width`` uses (default: the largest width). Off-grid widths raise ``ValueError``."""
-        return _channels_of(self.grid, width, self.embed_dim, self.mlp_hidden_dim, self.isolated_activation)
+        return _channels_of(self.grid_widths, self.channel_table, width)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -284,10 +298,10 @@ class SlimmableVisionTransformer(nn.Module):
         channels = self.channels(width)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x = self._embed(x, channels)
-        blocks = self.blocks if torch.jit.is_scripting() or not stop_early else self.blocks[:max_index + 1]
+        blocks = self.blocks if not stop_early else self.blocks[:max_index + 1]
         intermediates = []
         for i, block in enumerate(blocks):
-            x = self._block(block, x, channels)
+            x = checkpoint(block, x, channels) if self.grad_checkpointing else block(x, channels)
             if i in take_indices:
                 intermediates.append(self._final_norm(x, channels) if norm else x)
         prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
@@ -314,35 +328,52 @@ class SlimmableVisionTransformer(nn.Module):
 
     def _embed(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
         x = self.patch_embed(x, channels)
-        prefix = [self.cls_token] if self.dist_token is None else [self.cls_token, self.dist_token]
-        prefix = [token[..., channels.embed].expand(x.shape[0], -1, -1) for token in prefix]
-        x = torch.cat(prefix + [x], dim=1) + self.pos_embed[..., channels.embed]
+        start, stop = channels.embed
+        prefix = [self.cls_token[..., start:stop].expand(x.shape[0], -1, -1)]
+        if self.dist_token is not None:
+            prefix.append(self.dist_token[..., start:stop].expand(x.shape[0], -1, -1))
+        x = torch.cat(prefix + [x], dim=1) + self.pos_embed[..., start:stop]
         return self.pos_drop(x)
 
-    def _block(self, block: Block, x: torch.Tensor, channels: Channels) -> torch.Tensor:
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint(block, x, channels)
-        return block(x, channels)
-
     def _final_norm(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
-        return x if isinstance(self.norm, nn.Identity) else _layer_norm(x, self.norm, channels.embed)
+        if isinstance(self.norm, nn.Identity):
+            return x
+        return self.norm(x, channels.embed)
 
     def _features(self, x: torch.Tensor, channels: Channels) -> torch.Tensor:
         x = self._embed(x, channels)
         for block in self.blocks:
-            x = self._block(block, x, channels)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x, channels)
+            else:
+                x = block(x, channels)
         return self._final_norm(x, channels)
 
     def _head(self, x: torch.Tensor, channels: Channels, pre_logits: bool = False):
-        """Class logits; a distilled model gives (class, distillation) logits in training, their mean in eval."""
-        if not self.distilled:
-            x = self.head_drop(x[:, 0])
-            return x if pre_logits else _classify(x, self.head, channels.embed)
-        x, x_dist = self.head_drop(x[:, 0]), self.head_drop(x[:, 1])
+        """Class logits; a distilled model gives (class, distillation) logits in training, their mean in eval (and,
+        as timm's distilled DeiT, always when scripted)."""
+        x_cls = self.head_drop(x[:, 0])
+        if self.dist_token is None:
+            return x_cls if pre_logits else self._classify(x_cls, channels.embed)
+        x_dist = self.head_drop(x[:, 1])
         if pre_logits:
-            return (x + x_dist) / 2
-        x, x_dist = _classify(x, self.head, channels.embed), _classify(x_dist, self.head_dist, channels.embed)
-        return (x, x_dist) if self.training else (x + x_dist) / 2
+            return (x_cls + x_dist) / 2
+        x_cls, x_dist = self._classify(x_cls, channels.embed), self._classify_distillation(x_dist, channels.embed)
+        if self.training and not torch.jit.is_scripting():
+            return x_cls, x_dist
+        return (x_cls + x_dist) / 2
+
+    # A classifier reads the width's feature columns and keeps all of its outputs and its whole bias.
+
+    def _classify(self, x: torch.Tensor, columns: tuple[int, int]) -> torch.Tensor:
+        if isinstance(self.head, nn.Identity):
+            return x
+        return F.linear(x, self.head.weight[:, columns[0]:columns[1]], self.head.bias)
+
+    def _classify_distillation(self, x: torch.Tensor, columns: tuple[int, int]) -> torch.Tensor:
+        if isinstance(self.head_dist, nn.Identity):
+            return x
+        return F.linear(x, self.head_dist.weight[:, columns[0]:columns[1]], self.head_dist.bias)
 
 
 # The built-in default: 28x28 grayscale images, 10 classes (Fashion-MNIST); sized by measurement, see the README.

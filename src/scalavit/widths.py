@@ -36,15 +36,9 @@ class WidthGrid:
 
     def snap(self, width: float) -> float:
         """The grid width equal to ``width``; a width off the grid raises ``ValueError``."""
-        if isinstance(width, bool) or not isinstance(width, numbers.Real):
-            raise TypeError(f"width must be a number on the grid {list(self.widths)}, got {type(width).__name__} "
-                            f"{width!r}")
-        for candidate in self.widths:
-            if abs(candidate - width) <= _TOLERANCE:
-                return candidate
-        raise ValueError(
-            f"width {width} is not on this model's grid; valid widths are {list(self.widths)}. "
-            "Off-grid widths were never trained and give near-chance accuracy.")
+        widths = list(self.widths)
+        check_is_number(width, widths)
+        return widths[grid_index(widths, width)]
 
     def is_extreme(self, width: float) -> bool:
         return abs(width - self.smallest) <= _TOLERANCE or abs(width - self.largest) <= _TOLERANCE
@@ -75,12 +69,27 @@ class WidthGrid:
         return max(high, low), min(high, low)
 
 
-class Channels(NamedTuple):
-    """The channels one width uses in each sliced dimension of the network."""
+def check_is_number(width, widths: list[float]) -> None:
+    if isinstance(width, bool) or not isinstance(width, numbers.Real):
+        raise TypeError(f"width must be a number on the grid {widths}, got {type(width).__name__} {width!r}")
 
-    embed: slice  # of the embedding width D: tokens, norms, attention and MLP outputs, the head's inputs
-    qkv: slice  # one block of rows of the fused [3D, D] qkv matrix
-    hidden: slice  # of the MLP's hidden width
+
+def grid_index(widths: list[float], width: float, tolerance: float = _TOLERANCE) -> int:
+    """Where ``width`` is in ``widths`` (ValueError when off the grid); TorchScript compiles it."""
+    for i, candidate in enumerate(widths):
+        if abs(candidate - width) <= tolerance:
+            return i
+    raise ValueError(f"width {width} is not on this model's grid; valid widths are {widths}. "
+                     "Off-grid widths were never trained and give near-chance accuracy.")
+
+
+class Channels(NamedTuple):
+    """The channels one width uses in each sliced dimension of the network, as ``(start, stop)`` index ranges: plain
+    integers, so that a traced or scripted forward slices with them (``slice(*channels.embed)`` in Python)."""
+
+    embed: tuple[int, int]  # of the embedding width D: tokens, norms, attention and MLP outputs, the head's inputs
+    qkv: tuple[int, int]  # one block of rows of the fused [3D, D] qkv matrix
+    hidden: tuple[int, int]  # of the MLP's hidden width
     dim: int  # number of embedding channels, int(r * D)
 
 
@@ -89,8 +98,8 @@ def scaled(size: int, width: float) -> int:
     return int(width * size + _TOLERANCE)
 
 
-def _take(count: int, from_end: bool) -> slice:
-    return slice(-count, None) if from_end else slice(0, count)
+def _take(count: int, size: int, from_end: bool) -> tuple[int, int]:
+    return (size - count, size) if from_end else (0, count)
 
 
 def select_channels(grid: WidthGrid, width: float, embed_dim: int, hidden_dim: int,
@@ -104,8 +113,8 @@ def select_channels(grid: WidthGrid, width: float, embed_dim: int, hidden_dim: i
     from_end = isolated_activation and not grid.is_extreme(width)
     dim = scaled(embed_dim, width)
     return Channels(
-        embed=_take(dim, from_end),
-        qkv=_take(3 * dim, from_end),
-        hidden=_take(scaled(hidden_dim, width), from_end),
+        embed=_take(dim, embed_dim, from_end),
+        qkv=_take(3 * dim, 3 * embed_dim, from_end),
+        hidden=_take(scaled(hidden_dim, width), hidden_dim, from_end),
         dim=dim,
     )
