@@ -47,8 +47,8 @@ def test_every_width_exports_to_a_timm_folder_that_timm_alone_rebuilds_exactly(t
             assert difference <= 1e-5, (width, difference)
 
 
-@pytest.mark.parametrize('fmt, file', [('onnx', 'model.onnx'), ('torchscript', 'model.pt')])
-def test_onnx_and_torchscript_exports_match(tmp_path, fmt, file):
+@pytest.mark.parametrize('fmt, file', [('onnx', 'model.onnx'), ('pt2', 'model.pt2'), ('torchscript', 'model.pt')])
+def test_onnx_pt2_and_torchscript_exports_match(tmp_path, fmt, file):
     model = randomize(timm.create_model('scala_vit_mini_distilled_patch7_28')).eval()
     for width in (0.25, 0.625, 1.0):
         check = export_width(model, width, tmp_path / f'{fmt}{width}', fmt)

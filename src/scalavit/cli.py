@@ -9,6 +9,7 @@ import timm
 import torch
 
 from .checkpoint import load_model
+from .compiled import CompileError
 from .config import TrainConfig, option_kind, parse_number, read_config_file
 from .evaluate import count_macs, count_params, evaluate, evaluation_set, median_ms, time_call
 from .export import FORMATS, export_width
@@ -64,6 +65,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resume', help='continue the run in this directory (or from this last.pt)')
 
 
+def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--compile', action='store_true',
+                        help='run every width compiled ahead of time (torch.export + AOTInductor, one graph per width; '
+                             'compiled once, then cached)')
+    parser.add_argument('--compile-cache', type=Path,
+                        help='folder of the compiled widths (default $SCALAVIT_CACHE_DIR or ~/.cache/scalavit/compiled)')
+
+
 def _train(args: argparse.Namespace) -> None:
     options = {k: v for k, v in vars(args).items() if k not in ('command', 'run', 'config', 'resume')}
     values = {}
@@ -113,13 +122,13 @@ def _eval(args: argparse.Namespace) -> None:
     check_writable_directory(args.output, '--output')
     check_device(args.device)
     report = evaluate(args.checkpoints, args.data, args.device, args.batch_size, args.workers, args.latency_repeats,
-                      model_name=args.model)
+                      model_name=args.model, compile=args.compile, compile_cache=args.compile_cache)
     write_report(report, args.output, args.output.name)
     meta = report['meta']
     skipped = f" ({meta['skipped_images']} unreadable, skipped)" if meta.get('skipped_images') else ''
     print(f"{meta['model']} ({meta['method']}) on {meta['data']}, {meta['images']} images scored{skipped}; "
           f"latency at batch 1 and throughput at batch {meta['throughput_batch']} on {meta['device_name']}, "
-          f"{meta['threads']} threads, fp32")
+          f"{meta['threads']} threads, fp32, {'compiled' if meta['compiled'] else 'eager'}")
     print(table(report['rows']))
     print(f"results.csv, results.json, accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
 
@@ -160,7 +169,8 @@ def _pick(args: argparse.Namespace) -> None:
     budget_name, budget = next((name, getattr(args, name)) for name in BUDGETS if getattr(args, name) is not None)
     key = BUDGETS[budget_name]
     check_device(args.device)
-    rows, source = rows_for(args.checkpoint, args.device, args.batch, args.data, args.model, args.repeats)
+    rows, source = rows_for(args.checkpoint, args.device, args.batch, args.data, args.model, args.repeats,
+                            args.compile, args.compile_cache)
     best, cheapest = choose(rows, key, budget)
     unit = {'latency_ms': ' ms', 'macs': ' MACs', 'params': ' parameters'}[budget_name]
     print(f"budget: {key} <= {budget:,g}{unit}; latencies {source}")
@@ -189,7 +199,7 @@ def _serve(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     settings = Settings(args.slo_ms, args.policy, args.max_batch_size, args.max_queue, args.max_body_bytes,
                         args.profile_repeats)
-    runner = Runner(args.checkpoint, args.device, args.model)
+    runner = Runner(args.checkpoint, args.device, args.model, compile=args.compile, compile_cache=args.compile_cache)
     service = Service(runner, settings, runner.accuracies(args.data))
     logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
@@ -231,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument('--workers', type=int, default=1)
     evaluation.add_argument('--latency-repeats', type=int, default=50, help='timed batch-1 calls per width')
     evaluation.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
+    _add_compile_options(evaluation)
     evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser('compare', help='draw several evaluated runs on one plot and one table')
@@ -239,13 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=_compare)
 
     export = commands.add_parser(
-        'export', help='write one width as a standalone timm model (safetensors), ONNX or TorchScript',
+        'export', help='write one width as a standalone timm model (safetensors), ONNX, a torch.export program '
+                       '(pt2), an AOTInductor package (aoti) or TorchScript (deprecated)',
         description="Write width r as a plain timm VisionTransformer that timm.create_model('local-dir:DIR', "
-                    "pretrained=True) rebuilds without scalavit, or as ONNX / TorchScript; then check it.")
+                    "pretrained=True) rebuilds without scalavit, or as ONNX, a torch.export program (model.pt2), an "
+                    "AOTInductor package (model_aoti.pt2) or TorchScript (deprecated by PyTorch); then check it.")
     export.add_argument('checkpoint', help='a scalavit checkpoint or run directory, or an authors\' .pth')
     export.add_argument('--width', type=_number, required=True)
     export.add_argument('--output', type=Path, required=True)
-    export.add_argument('--format', choices=FORMATS, default='safetensors')
+    export.add_argument('--format', choices=FORMATS, default='safetensors',
+                        help='safetensors (timm folder), onnx, pt2, aoti, torchscript (deprecated)')
     export.add_argument('--force', action='store_true', help='replace a non-empty --output')
     export.add_argument('--model', help='architecture of an authors\' checkpoint when its shapes do not tell it')
     export.add_argument('--data', help='images to check the export on (default: the training data; random inputs '
@@ -266,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument('--data', help="evaluation data when no evaluation is saved (default: the training data)")
     pick.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     pick.add_argument('--repeats', type=int, default=30, help='timed calls per width when measuring latency')
+    _add_compile_options(pick)
     pick.set_defaults(run=_pick)
 
     serve = commands.add_parser(
@@ -286,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--profile-repeats', type=int, default=30, help='timed calls per (width, batch size)')
     serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
     serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
+    _add_compile_options(serve)
     serve.set_defaults(run=_serve)
     return parser
 
@@ -301,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, CompileError) as error:
         print(f"scalavit {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .checkpoint import build_model_from_checkpoint, check_same_classes, load_checkpoint, load_model
+from .compiled import CompiledWidths, check_can_compile
 from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
 from .export import dense_state_dict
 from .model import SlimmableVisionTransformer
@@ -87,12 +88,26 @@ def median_ms(times: list[float]) -> float:
 
 @dataclass
 class Member:
-    """One network of the evaluated set: ``model(x, width)`` is the network of width ratio ``label``."""
+    """One network of the evaluated set: ``member(x)``, i.e. ``model(x, width)`` (or the compiled widths of the
+    model, ``forward``), is the network of width ratio ``label``."""
 
     label: float
     model: SlimmableVisionTransformer
     width: Optional[float]
     checkpoint: str
+    forward: Optional[CompiledWidths] = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.forward or self.model)(x, self.width)
+
+
+def compile_members(members: list[Member], cache_dir: Optional[Path] = None) -> None:
+    """Compile each member's width (one ``CompiledWidths`` per model, holding all of its members' widths)."""
+    for model in {id(m.model): m.model for m in members}.values():
+        own = [m for m in members if m.model is model]
+        compiled = CompiledWidths(model, [model.grid.largest if m.width is None else m.width for m in own], cache_dir)
+        for member in own:
+            member.forward = compiled
 
 
 def load_members(paths: list[str], device: torch.device,
@@ -145,7 +160,7 @@ def accuracy(members: list[Member], loader: DataLoader, device: torch.device) ->
             continue
         images, targets = images.to(device), targets.to(device)
         for i, member in enumerate(members):
-            top = member.model(images, member.width).topk(k, dim=-1).indices
+            top = member(images).topk(k, dim=-1).indices
             hits = top == targets[:, None]
             correct[i] += (hits[:, 0].sum().item(), hits.any(dim=-1).sum().item())
         total += len(targets)
@@ -158,7 +173,7 @@ def latency_ms(member: Member, input_size, device, repeats: int, batch_size: int
     """Median and 90th percentile of a forward at ``batch_size`` (1: latency as a single request sees it)."""
     x = torch.randn(batch_size, *input_size, device=device)
     with torch.inference_mode():
-        times = time_call(lambda: member.model(x, member.width), repeats)
+        times = time_call(lambda: member(x), repeats)
     return median_ms(times), 1e3 * float(np.percentile(times, 90))
 
 
@@ -166,7 +181,7 @@ def throughput(member: Member, input_size, device, batch_size: int, repeats: int
     """Images per second at ``batch_size`` (median of ``repeats`` calls)."""
     x = torch.randn(batch_size, *input_size, device=device)
     with torch.inference_mode():
-        times = time_call(lambda: member.model(x, member.width), repeats, warmup=1)
+        times = time_call(lambda: member(x), repeats, warmup=1)
     return batch_size / statistics.median(times)
 
 
@@ -195,9 +210,13 @@ def environment(device: torch.device) -> dict:
 
 def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', batch_size: int = 256,
              workers: int = 1, latency_repeats: int = 50, throughput_batch: int = 64,
-             throughput_repeats: int = 10, model_name: Optional[str] = None) -> dict:
-    """The evaluation report of one slimmable checkpoint or one family: ``{'rows': [...], 'meta': {...}}``."""
+             throughput_repeats: int = 10, model_name: Optional[str] = None, compile: bool = False,
+             compile_cache: Optional[Path] = None) -> dict:
+    """The evaluation report of one slimmable checkpoint or one family: ``{'rows': [...], 'meta': {...}}``.
+    ``compile``: every width measured (accuracy, latency, throughput) as compiled by ``CompiledWidths``."""
     device = torch.device(device)
+    if compile:
+        check_can_compile(device)
     members, config = load_members(paths, device, model_name)
     data = data or config.get('data')
     if data is None:
@@ -211,6 +230,8 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
                            f"--data {data}")
     loader = DataLoader(SkipUnreadable(dataset), batch_size, num_workers=workers, collate_fn=collate_readable)
     input_size = members[0].model.pretrained_cfg['input_size']
+    if compile:
+        compile_members(members, compile_cache)
     scores = accuracy(members, loader, device)
     rows = []
     for member, (top1, top5) in zip(members, scores.top1_top5):
@@ -224,5 +245,5 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
     meta = dict(environment(device), method=config.get('method', 'scala'),
                 model=config.get('model', members[0].model.pretrained_cfg['architecture']), data=data,
                 images=scores.images, skipped_images=scores.skipped, checkpoints=list(map(str, paths)), latency_batch=1,
-                throughput_batch=throughput_batch)
+                throughput_batch=throughput_batch, compiled=compile)
     return dict(rows=rows, meta=meta)

@@ -17,6 +17,7 @@ import torch.nn as nn
 from timm.models._hub import save_config_for_hf
 from timm.models.vision_transformer import VisionTransformer
 
+from .compiled import check_can_compile, compile_package, export_program
 from .files import check_writable_directory, staging_directory
 from .model import SlimmableVisionTransformer
 
@@ -109,7 +110,7 @@ def to_timm(model: SlimmableVisionTransformer, width: float, exact_norm: bool = 
     return dense.train(model.training)
 
 
-FORMATS = ('safetensors', 'onnx', 'torchscript')
+FORMATS = ('safetensors', 'onnx', 'pt2', 'aoti', 'torchscript')
 ONNX_OPSET = 17
 
 
@@ -120,7 +121,10 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
 
     safetensors: timm's local-folder format (config.json + model.safetensors), which
     ``timm.create_model('local-dir:DIR', pretrained=True)`` rebuilds with no scalavit import. onnx: model.onnx
-    (opset 17, dynamic batch). torchscript: model.pt. config.json with the preprocessing comes with every format.
+    (opset 17, dynamic batch). pt2: model.pt2, a ``torch.export`` program (``torch.export.load``, dynamic batch). aoti:
+    model_aoti.pt2, that program compiled by AOTInductor with its weights (``torch._inductor.aoti_load_package``;
+    needs a C++ compiler, and runs only on this kind of machine). torchscript (deprecated by PyTorch): model.pt.
+    config.json with the preprocessing comes with every format.
     Returns the check on ``inputs`` (random images when None): max abs logit difference and top-1 agreement.
     ``force`` replaces an earlier export in ``output``, never a folder holding anything else or ``checkpoint``.
     """
@@ -130,6 +134,8 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
     if missing:
         raise ValueError(f"ONNX export needs {' and '.join(missing)}: pip install 'scalavit[onnx]'")
     width = model.grid.snap(width)
+    if fmt == 'aoti':
+        check_can_compile(next(model.parameters()).device)
     output = Path(output)
     check_export_output(output, force, checkpoint)
     model = model.eval()
@@ -144,6 +150,12 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
             torch.onnx.export(dense, (inputs[:2],), str(staging / 'model.onnx'), opset_version=ONNX_OPSET,
                               input_names=['images'], output_names=['logits'], dynamo=False,
                               dynamic_axes={'images': {0: 'batch'}, 'logits': {0: 'batch'}})
+        elif fmt in ('pt2', 'aoti'):
+            program = export_program(dense, tuple(model.pretrained_cfg['input_size']))
+            if fmt == 'pt2':
+                torch.export.save(program, str(staging / 'model.pt2'))
+            else:
+                compile_package(program, staging / 'model_aoti.pt2')
         else:
             torch.jit.save(torch.jit.trace(dense, inputs[:2]), str(staging / 'model.pt'))
         check = _check(model, width, staging, fmt, inputs)
@@ -152,7 +164,8 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
 
 
 # What an export writes; ``--force`` replaces a folder holding nothing else.
-EXPORT_FILES = {'config.json', 'export.json', 'model.safetensors', 'model.onnx', 'model.pt'}
+EXPORT_FILES = {'config.json', 'export.json', 'model.safetensors', 'model.onnx', 'model.pt', 'model.pt2',
+                'model_aoti.pt2'}
 
 
 def check_export_output(output: Path, force: bool, checkpoint: Optional[Path] = None) -> None:
@@ -196,6 +209,10 @@ def _check(model: SlimmableVisionTransformer, width: float, folder: Path, fmt: s
         import onnxruntime
         session = onnxruntime.InferenceSession(str(folder / 'model.onnx'), providers=['CPUExecutionProvider'])
         logits = torch.from_numpy(session.run(None, {'images': inputs.numpy()})[0])
+    elif fmt == 'pt2':
+        logits = torch.export.load(str(folder / 'model.pt2')).module()(inputs)
+    elif fmt == 'aoti':
+        logits = torch._inductor.aoti_load_package(str(folder / 'model_aoti.pt2'))(inputs)
     else:
         logits = torch.jit.load(str(folder / 'model.pt'))(inputs)
     return dict(

@@ -30,10 +30,11 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` to write a temporary file, then make it ``path`` durably and atomically."""
+def write_atomically(path: Path, write: Callable[[Path], None], suffix: str = '.tmp') -> None:
+    """Call ``write(tmp)`` to write a temporary file (named ``*suffix``, for writers that insist on an extension),
+    then make it ``path`` durably and atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:

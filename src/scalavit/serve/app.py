@@ -88,12 +88,14 @@ class Service:
     def prepare(self) -> None:
         try:
             start = time.perf_counter()
+            self.runner.prepare()
             self.profile = Profile(self.runner.measure_latency(self.settings.batch_sizes,
                                                                self.settings.profile_repeats), self.accuracy)
             self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
                                    on_batch=self.metrics.on_batch).start()
-            log.info("ready: %d widths x %d batch sizes profiled in %.1f s", len(self.profile.widths),
-                        len(self.profile.batch_sizes), time.perf_counter() - start)
+            log.info("ready: %d widths%s x %d batch sizes profiled in %.1f s", len(self.profile.widths),
+                     ' compiled and' if self.runner.compile else '', len(self.profile.batch_sizes),
+                     time.perf_counter() - start)
         except Exception as error:  # reported by /health/ready; the process stays up to say why
             self.error = f"{type(error).__name__}: {error}"
             log.error("not ready: %s", self.error)

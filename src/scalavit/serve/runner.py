@@ -2,6 +2,7 @@
 width of the grid (the width is the forward's argument: no module state changes, no copies), and the latency
 profile of every (width, batch size) measured here."""
 import io
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -10,6 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import resolve_data_config
 
 from ..checkpoint import load_model
+from ..compiled import CompiledWidths, check_can_compile
 from ..data import build_transform
 from ..evaluate import time_call
 from ..model import check_device
@@ -21,10 +23,15 @@ class BadImage(ValueError):
 
 
 class Runner:
-    def __init__(self, checkpoint: str, device: str = 'cpu', model_name: Optional[str] = None, top_k: int = 5):
+    def __init__(self, checkpoint: str, device: str = 'cpu', model_name: Optional[str] = None, top_k: int = 5,
+                 compile: bool = False, compile_cache: Optional[Path] = None):
         self.checkpoint, self.device, self.model_name = checkpoint, check_device(device), model_name
+        if compile:
+            check_can_compile(self.device)
+        self.compile, self.compile_cache = compile, compile_cache
         model, self.config = load_model(checkpoint, model_name)
         self.model = model.to(self.device).eval()
+        self.forward = self.model  # the compiled widths once ``prepare`` has compiled them
         cfg = self.model.pretrained_cfg
         self.classes = list(cfg.get('label_names') or range(self.model.num_classes))
         self.input_size = tuple(cfg['input_size'])
@@ -35,6 +42,11 @@ class Runner:
     @property
     def widths(self) -> tuple[float, ...]:
         return self.model.widths
+
+    def prepare(self) -> None:
+        """Compile every width when asked (before the profile, which then measures what serves)."""
+        if self.compile and self.forward is self.model:
+            self.forward = CompiledWidths(self.model, cache_dir=self.compile_cache, progress=False)
 
     def preprocess(self, body: bytes) -> torch.Tensor:
         """Any image PIL reads, as the model's input: its size, channels, mean and std (timm's eval transform)."""
@@ -48,7 +60,7 @@ class Runner:
     @torch.inference_mode()
     def run(self, images: list[torch.Tensor], width: float) -> list[list[tuple[str, float]]]:
         """The top-k (class name, probability) of each image at ``width``."""
-        logits = self.model(torch.stack(images).to(self.device), width)
+        logits = self.forward(torch.stack(images).to(self.device), width)
         probabilities, indices = logits.float().softmax(-1).topk(self.top_k, dim=-1)
         return [[(str(self.classes[i]), round(float(p), 6)) for i, p in zip(row_i.tolist(), row_p.tolist())]
                 for row_i, row_p in zip(indices.cpu(), probabilities.cpu())]
@@ -60,7 +72,7 @@ class Runner:
             for batch in batch_sizes:
                 x = torch.randn(batch, *self.input_size, device=self.device)
                 with torch.inference_mode():
-                    times = time_call(lambda: self.model(x, width), repeats, warmup=3)
+                    times = time_call(lambda: self.forward(x, width), repeats, warmup=3)
                 latency[(width, batch)] = float(np.percentile(times, 95))
         return latency
 

@@ -1,0 +1,171 @@
+"""Every width of a slimmable model compiled ahead of time: ``CompiledWidths(model)(x, width)`` gives
+``model(x, width)`` without eager PyTorch's per-operation overhead.
+
+Each width is exported (``torch.export``, the batch dimension dynamic) and compiled by AOTInductor into a package of
+its own: one graph per width, so no width ever recompiles another and dynamo's recompile limit never applies. The
+packages hold no weights: they read the model's own tensors (``user_managed``), so thirteen compiled widths cost no
+more memory than one model. Packages are cached on disk by what decides the code (the exported graph, the weights'
+shapes and dtypes, torch, the device), so a later start, or another checkpoint of the same architecture, loads them in
+milliseconds.
+"""
+import hashlib
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from torch.export import Dim, ExportedProgram
+from tqdm import tqdm
+
+from .files import write_atomically
+from .model import SlimmableVisionTransformer, _checked_input
+
+MAX_BATCH = 4096  # the largest batch one compiled call takes; larger ones are split
+
+
+class AtWidth(nn.Module):
+    """The slimmable model at one width, as a module of one input (what ``torch.export`` takes)."""
+
+    def __init__(self, model: SlimmableVisionTransformer, width: float):
+        super().__init__()
+        self.model, self.width = model, width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.width)
+
+
+def export_program(model: nn.Module, input_size: tuple[int, int, int], width: Optional[float] = None) -> ExportedProgram:
+    """``torch.export`` of the model in eval mode at ``width`` (None: a plain model) for images of ``input_size``
+    (channels, height, width), any batch size up to ``MAX_BATCH``."""
+    module = model if width is None else AtWidth(model, width)
+    parameter = next(model.parameters())
+    example = torch.zeros(2, *input_size, device=parameter.device, dtype=parameter.dtype)
+    batch = Dim('batch', min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+
+
+def default_cache_dir() -> Path:
+    """``$SCALAVIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/scalavit/compiled``, else ``~/.cache/scalavit/compiled``."""
+    if os.environ.get('SCALAVIT_CACHE_DIR'):
+        return Path(os.environ['SCALAVIT_CACHE_DIR'])
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'scalavit' / 'compiled'
+
+
+class CompileError(RuntimeError):
+    """A width could not be compiled here (no compiler, an unsupported device, a failed build)."""
+
+
+def check_can_compile(device: torch.device) -> None:
+    """The clear error for a machine where AOTInductor cannot build: it needs a C++ compiler."""
+    if shutil.which(os.environ.get('CXX', 'g++')) is None and shutil.which('c++') is None:
+        raise CompileError("--compile needs a C++ compiler on this machine (AOTInductor builds each width with it); "
+                           "install one (apt-get install -y g++) or run without --compile")
+    if device.type not in ('cpu', 'cuda'):
+        raise CompileError(f"--compile supports cpu and cuda devices, not {device.type}; run without --compile")
+
+
+def _package_options(weights: bool) -> dict:
+    # Without the weights, no weight may be baked into the code either: inductor inlines small ones (a 3-class
+    # head's bias) unless told to keep every tensor a constant that the loader fills.
+    return {'aot_inductor.package_constants_in_so': weights, 'always_keep_tensor_constants': not weights}
+
+
+def _cache_key(program: ExportedProgram, device: torch.device) -> str:
+    """What decides the compiled code: the graph, the shapes and dtypes of the weights, torch and the device."""
+    if device.type == 'cuda':
+        machine = torch.cuda.get_device_name(device)
+    else:
+        machine = f'{platform.machine()} {torch.backends.cpu.get_cpu_capability()}'
+    weights = sorted((name, tuple(t.shape), str(t.dtype)) for name, t in program.state_dict.items())
+    text = '\n'.join([program.graph_module.code, repr(weights), torch.__version__, machine,
+                      repr(_package_options(weights=False))])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def compile_package(program: ExportedProgram, path: Path, weights: bool = True) -> None:
+    """AOTInductor's package of ``program`` written (atomically) to ``path``; ``weights=False`` leaves the weights
+    out, to be given by ``load_constants``."""
+    options = _package_options(weights)
+    try:
+        write_atomically(path, lambda tmp: torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp), inductor_configs=options), suffix='.pt2')
+    except Exception as error:  # inductor's own errors run to pages; their first line says what failed
+        first_line = (str(error).strip().splitlines() or [''])[0]
+        raise CompileError(f"AOTInductor could not compile {path.name} ({type(error).__name__}: {first_line}); "
+                           "run without --compile or choose another format") from error
+
+
+class CompiledWidths:
+    """The model's widths compiled once; ``compiled(x, width)`` answers as ``model(x, width)`` in eval mode.
+
+    The compiled widths read the model's own tensors: weights changed in place are seen, tensors replaced (by
+    ``.to()``, or assigning new parameters) are not. The model must stay in eval mode, on its device.
+    ``seconds[w]`` is what width ``w`` took to compile or load; ``cached[w]`` whether it came from the cache.
+    """
+
+    def __init__(self, model: SlimmableVisionTransformer, widths: Optional[list[float]] = None,
+                 cache_dir: Optional[Path] = None, progress: bool = True):
+        parameter = next(model.parameters())
+        self.device = parameter.device
+        check_can_compile(self.device)
+        if model.training:
+            raise ValueError("compiled widths are for inference: put the model in eval mode (model.eval()) first")
+        self.model = model
+        self.dtype = parameter.dtype
+        self.input_size = torch.Size((model.in_chans, *model.patch_embed.img_size))
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        widths = model.widths if widths is None else [model.grid.snap(w) for w in widths]
+        tensors = {f'model.{name}': t for name, t in (*model.named_parameters(), *model.named_buffers())}
+        self.runners, self.seconds, self.cached = {}, {}, {}
+        for width in tqdm(widths, desc='compiling widths', unit='width', disable=not progress):
+            start = time.perf_counter()
+            self.runners[width], self.cached[width] = self._load(width, tensors)
+            self.seconds[width] = time.perf_counter() - start
+
+    def _load(self, width: float, tensors: dict[str, torch.Tensor]):
+        program = export_program(self.model, tuple(self.input_size), width)
+        path = self.cache_dir / f'width-{width:g}-{_cache_key(program, self.device)}.pt2'
+        cached = path.is_file()
+        if not cached:
+            compile_package(program, path, weights=False)
+        runner = torch._inductor.aoti_load_package(str(path))
+        runner.load_constants({name: tensors[name] for name in runner.get_constant_fqns()},
+                              check_full_update=True, user_managed=True)
+        return runner, cached
+
+    @property
+    def widths(self) -> tuple[float, ...]:
+        return tuple(self.runners)
+
+    def __call__(self, x: torch.Tensor, width: Optional[float] = None) -> torch.Tensor:
+        # The fast path (a grid width as given, an input of the model's size) costs microseconds: batch 1 at a small
+        # width runs in a few hundred.
+        runner = self.runners.get(width) if type(width) is float else None
+        if runner is None:
+            runner = self._runner(width)
+        if x.shape[1:] != self.input_size or x.device != self.device or x.dtype != self.dtype:
+            self._check(x)
+        # The loader's run takes the flat inputs; the package's __call__ rebuilds its pytree specs on every call.
+        if 0 < len(x) <= MAX_BATCH:
+            return runner.loader.run([x])[0]
+        if len(x) == 0:
+            with torch.no_grad():
+                return self.model(x, width)
+        return torch.cat([runner.loader.run([chunk])[0] for chunk in x.split(MAX_BATCH)])
+
+    def _runner(self, width: Optional[float]):
+        width = self.model.grid.largest if width is None else self.model.grid.snap(width)
+        if width not in self.runners:
+            raise ValueError(f"width {width} was not compiled (compiled: {list(self.runners)}); compile it too")
+        return self.runners[width]
+
+    def _check(self, x: torch.Tensor) -> None:
+        _checked_input(x, self.model.in_chans, self.model.patch_embed.img_size)
+        if x.device != self.device or x.dtype != self.dtype:
+            raise ValueError(f"input on {x.device} in {x.dtype}: the compiled widths take {self.dtype} on {self.device}")

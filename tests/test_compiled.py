@@ -1,0 +1,131 @@
+"""Compiled widths (torch.export + AOTInductor): the eager logits at every width, cached, and behind --compile."""
+import copy
+import json
+import shutil
+
+import httpx
+import pytest
+import torch
+
+from conftest import FAST, make_image_folder, randomize
+from scalavit import compiled
+from scalavit.checkpoint import load_model
+from scalavit.cli import main
+from scalavit.compiled import CompiledWidths
+from test_serve_server import Server
+
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory, monkeypatch_module):
+    """One compile cache for the module: each width compiles once, then every test loads it."""
+    folder = tmp_path_factory.mktemp('compile-cache')
+    monkeypatch_module.setenv('SCALAVIT_CACHE_DIR', str(folder))
+    return folder
+
+
+@pytest.fixture(scope='module')
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """A trained default model on a grid of three widths (compiling is seconds per width)."""
+    root = tmp_path_factory.mktemp('compiled')
+    folder = make_image_folder(root / 'data')
+    assert main(['train', '--data', str(folder), '--output', str(root / 'run'), '--smallest', '0.5',
+                 '--granularity', '1/4', *FAST]) == 0
+    return root / 'run'
+
+
+@pytest.fixture(scope='module')
+def model(run):
+    return load_model(str(run))[0].eval()
+
+
+def test_compiled_widths_give_the_eager_logits_at_every_width_and_batch(model, cache):
+    compiled_widths = CompiledWidths(model, progress=False)
+    assert set(compiled_widths.widths) == set(model.widths) == {0.5, 0.75, 1.0}
+    assert list(cache.glob('*.pt2')) and not any(compiled_widths.cached.values())
+    with torch.no_grad():
+        for batch in (1, 3, 64):
+            x = torch.randn(batch, 1, 28, 28)
+            for width in model.widths:
+                torch.testing.assert_close(compiled_widths(x, width), model(x, width), atol=1e-5, rtol=1e-5)
+        assert compiled_widths(torch.randn(0, 1, 28, 28), 0.5).shape == (0, model.num_classes)
+
+
+def test_a_second_start_loads_every_width_from_the_cache_even_for_other_weights(model, cache):
+    CompiledWidths(model, progress=False)  # compiled here, or by the test before
+    other = randomize(copy.deepcopy(model), seed=3).eval()  # another checkpoint of the same architecture
+    again = CompiledWidths(other, progress=False)
+    assert all(again.cached.values())
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        for width in other.widths:
+            torch.testing.assert_close(again(x, width), other(x, width), atol=1e-5, rtol=1e-5)
+        other.head.bias.add_(1.0)  # in place: seen, no copy of any weight was taken
+        torch.testing.assert_close(again(x, 0.75), other(x, 0.75), atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_widths_refuse_what_the_model_refuses(model, cache):
+    compiled_widths = CompiledWidths(model, widths=[0.5], progress=False)
+    x = torch.randn(2, 1, 28, 28)
+    with pytest.raises(ValueError, match="width 0.3 is not on this model's grid"):
+        compiled_widths(x, 0.3)
+    with pytest.raises(ValueError, match='width 1.0 was not compiled'):
+        compiled_widths(x)
+    with pytest.raises(AssertionError, match='does not fit the model'):
+        compiled_widths(torch.randn(2, 1, 32, 32), 0.5)
+    with pytest.raises(ValueError, match='torch.float64'):
+        compiled_widths(x.double(), 0.5)
+    with pytest.raises(ValueError, match='eval mode'):
+        CompiledWidths(model.train(), progress=False)
+    model.eval()
+
+
+def test_eval_and_pick_with_compile_measure_the_compiled_widths_with_the_eager_accuracy(run, tmp_path, cache, capsys):
+    eager, compiled_run = tmp_path / 'eager', tmp_path / 'compiled'
+    shutil.copytree(run, eager)
+    shutil.copytree(run, compiled_run)
+    assert main(['eval', str(eager), '--latency-repeats', '3']) == 0
+    assert main(['eval', str(compiled_run), '--compile', '--latency-repeats', '3']) == 0
+    assert 'fp32, compiled' in capsys.readouterr().out
+    eager_report = json.loads((eager / 'results.json').read_text())
+    compiled_report = json.loads((compiled_run / 'results.json').read_text())
+    assert compiled_report['meta']['compiled'] and not eager_report['meta']['compiled']
+    assert [r['top1'] for r in compiled_report['rows']] == [r['top1'] for r in eager_report['rows']]
+    # pick on the eager report with --compile measures the compiled widths now, and says so
+    assert main(['pick', str(eager), '--latency-ms', '1e6', '--compile', '--repeats', '3']) == 0
+    assert 'measured now on' in capsys.readouterr().out
+    assert main(['pick', str(compiled_run), '--latency-ms', '1e6', '--compile']) == 0
+    assert 'measured by `scalavit eval`' in capsys.readouterr().out
+
+
+def test_serve_with_compile_answers_at_every_width(run, cache):
+    png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()
+    CompiledWidths(load_model(str(run))[0].eval(), progress=False)  # the server then loads from the cache
+    server = Server(run, '--compile')
+    try:
+        profile = {row['width']: row for row in httpx.get(f'{server.url}/widths').json()['profile']}
+        assert set(profile) == {0.5, 0.75, 1.0}
+        for width in profile:
+            response = server.post(png, **{'X-Width': str(width)})
+            assert response.status_code == 200 and response.json()['width'] == width
+    finally:
+        server.stop()
+
+
+def test_an_aoti_export_is_a_package_that_answers_as_the_width(model, tmp_path, capsys):
+    from scalavit.export import export_width
+    check = export_width(model, 0.75, tmp_path / 'aoti', 'aoti')
+    assert (tmp_path / 'aoti' / 'model_aoti.pt2').is_file()
+    assert check['max_abs_logit_difference'] <= 1e-4 and check['top1_agreement'] == 1.0
+
+
+def test_compile_without_a_compiler_is_one_clear_line(run, monkeypatch, capsys):
+    monkeypatch.setattr(compiled.shutil, 'which', lambda name: None)
+    assert main(['eval', str(run), '--compile']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and '--compile needs a C++ compiler' in err
