@@ -1,0 +1,100 @@
+"""Compiled widths against eager ones, and against ONNX Runtime, measured side by side in one run.
+
+For every width of the model: batch-1 and batch-64 latency of ``model(x, width)`` (eager), of the width compiled by
+``scalavit.compiled.CompiledWidths`` (torch.export + AOTInductor) and of the width's ONNX export run by ONNX Runtime
+(as many threads as torch). The three are called in turn (ABC ABC ...) so that drift of a noisy machine hits all
+alike; each round gives a median per implementation, and the table shows the median ratio over ``--rounds`` rounds
+with its range. Before that: what each width took to compile into an empty cache, and to load on a second start.
+
+    python benchmarks/compile_speed.py                                    # the default model, 13 widths
+    python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
+"""
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+import scalavit  # noqa: F401  (registers the scala_* models)
+from scalavit.compiled import CompiledWidths
+from scalavit.export import export_width
+
+
+def onnx_sessions(model, widths, folder: Path) -> dict:
+    """An ONNX Runtime session of every width, exported by ``scalavit export``'s own path."""
+    import onnxruntime
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    sessions = {}
+    for width in widths:
+        export_width(model, width, folder / f'{width:g}', 'onnx')
+        session = onnxruntime.InferenceSession(str(folder / f'{width:g}' / 'model.onnx'), options,
+                                               providers=['CPUExecutionProvider'])
+        sessions[width] = session
+    return sessions
+
+
+def round_medians(fns: dict, calls: int) -> dict:
+    """One round: the implementations called in turn ``calls`` times, the median seconds of each."""
+    times = {name: [] for name in fns}
+    for _ in range(calls):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', default='scala_vit_mini_patch7_28')
+    parser.add_argument('--batch-sizes', type=int, nargs='+', default=[1, 64])
+    parser.add_argument('--rounds', type=int, default=5, help='rounds per (width, batch size); the table shows the '
+                                                              'median ratio and its range over them')
+    parser.add_argument('--seconds', type=float, default=0.4, help='time per implementation in a round (about)')
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = timm.create_model(args.model).eval()
+    input_size = model.pretrained_cfg['input_size']
+    print(f"{args.model}, {len(model.widths)} widths, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"fp32, CPU")
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / 'cache'
+        cold = CompiledWidths(model, cache_dir=cache)
+        compiled = CompiledWidths(model, cache_dir=cache)
+        assert all(compiled.cached.values()) and not any(cold.cached.values())
+        print(f"\ncompile, empty cache: {sum(cold.seconds.values()):.1f} s for {len(model.widths)} widths, "
+              f"{spread(list(cold.seconds.values()))} s each; second start (cache): "
+              f"{sum(compiled.seconds.values()):.1f} s, {spread(list(compiled.seconds.values()))} s each")
+        sessions = onnx_sessions(model, model.widths, Path(tmp) / 'onnx')
+        for batch_size in args.batch_sizes:
+            x = torch.randn(batch_size, *input_size)
+            print(f"\nbatch {batch_size}: median ms of each implementation (over its rounds), and the ratios' median "
+                  f"(range) over {args.rounds} rounds")
+            print(f"| width | eager ms | compiled ms | ONNX Runtime ms | compiled / eager | ONNX Runtime / eager |")
+            print("|---|---|---|---|---|---|")
+            for width in model.widths:
+                session = sessions[width]
+                fns = {'eager': lambda: model(x, width), 'compiled': lambda: compiled(x, width),
+                       'ort': lambda: session.run(None, {'images': x.numpy()})}
+                with torch.inference_mode():
+                    torch.testing.assert_close(compiled(x, width), model(x, width), atol=1e-5, rtol=1e-5)
+                    probe = round_medians(fns, 3)
+                    calls = max(5, min(400, int(args.seconds / max(probe.values()))))
+                    rounds = [round_medians(fns, calls) for _ in range(args.rounds)]
+                ms = {name: 1e3 * statistics.median(r[name] for r in rounds) for name in fns}
+                print(f"| {width:g} | {ms['eager']:.3f} | {ms['compiled']:.3f} | {ms['ort']:.3f} | "
+                      f"{spread([r['compiled'] / r['eager'] for r in rounds])} | "
+                      f"{spread([r['ort'] / r['eager'] for r in rounds])} |", flush=True)
+
+
+if __name__ == '__main__':
+    main()
