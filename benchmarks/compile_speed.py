@@ -28,6 +28,8 @@ def onnx_sessions(model, widths, folder: Path) -> dict:
     import onnxruntime
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
+    # Idle ONNX Runtime threads spin by default, taking the cores from the eager and compiled calls between its own.
+    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     sessions = {}
     for width in widths:
         export_width(model, width, folder / f'{width:g}', 'onnx')

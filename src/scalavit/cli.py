@@ -31,7 +31,9 @@ _HELP = {
     'transfer': 'progressive (l -> m_hi -> m_lo -> s) or full (the full width teaches all)',
     'sampling': 'stable (Stable Sampling) or uniform', 'noise_calibration': 'ground-truth CE for the smaller widths',
     'full_warmup_epochs': 'first epochs train only the full width, at half the learning rate',
-    'amp': 'none, fp16 or bf16 (CUDA only)', 'eval_widths': 'widths evaluated after each epoch (all after the last)',
+    'amp': 'none, fp16 or bf16 (CUDA only)',
+    'compile': 'torch.compile forward and backward, one graph per width, compiled before the first step',
+    'eval_widths': 'widths evaluated after each epoch (all after the last)',
     'auto_augment': "timm RandAugment string, or 'none'", 'clip_grad': 'clip the gradient norm to this value',
     'init': "start from these weights: a scalavit run or checkpoint, a .pth, a .safetensors file or local-dir:FOLDER "
             "(classes, image size, input channels and distillation adapted, each said in one line)",

@@ -100,6 +100,31 @@ def compile_package(program: ExportedProgram, path: Path, weights: bool = True) 
                            "run without --compile or choose another format") from error
 
 
+def compile_for_training(module: nn.Module, widths: tuple[float, ...], example: torch.Tensor, autocast,
+                         progress: bool = True) -> nn.Module:
+    """``torch.compile`` of a (possibly DDP-wrapped) slimmable model for training, every width's forward and backward
+    compiled here, before the first step.
+
+    Dynamo specialises on the width, so each width is one graph and none recompiles another (the recompile limit is
+    raised to hold them all). Random ops draw as in eager mode (inductor's ``fallback_random``), so a compiled run's
+    losses are the eager run's; the warm-up passes leave no gradient and draw nothing from the run's generators.
+    """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(widths) + 8)
+    torch._inductor.config.fallback_random = True
+    compiled = torch.compile(module)
+    devices = [example.device] if example.device.type == 'cuda' else []
+    with torch.random.fork_rng(devices=devices):
+        for width in tqdm(widths, desc='compiling widths (forward and backward)', unit='width', disable=not progress):
+            with autocast():
+                output = compiled(example, width)
+                outputs = output if isinstance(output, tuple) else (output,)
+                loss = sum(o.float().mean() for o in outputs)
+            loss.backward()
+    for parameter in module.parameters():
+        parameter.grad = None
+    return compiled
+
+
 class CompiledWidths:
     """The model's widths compiled once; ``compiled(x, width)`` answers as ``model(x, width)`` in eval mode.
 

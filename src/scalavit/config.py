@@ -59,6 +59,7 @@ class TrainConfig:
     # running
     device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
     amp: str = 'none'  # none | fp16 | bf16 (CUDA only)
+    compile: bool = False  # torch.compile the training forward and backward, one graph per width
     workers: int = 1
     seed: int = 0
     eval_widths: Optional[list[float]] = None  # evaluated after every epoch; every width after the last one

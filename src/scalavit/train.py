@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights,
                          random_states, save_atomically, set_random_states)
+from .compiled import check_can_compile, compile_for_training
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .files import write_text_atomically
@@ -175,6 +176,11 @@ class Trainer:
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=self.model.distilled and self.teacher is None)
+        if config.compile:
+            check_can_compile(self.device)
+            example = torch.zeros(config.batch_size, *data_config['input_size'], device=self.device)
+            self.train_model = compile_for_training(self.train_model.train(), self.model.widths, example,
+                                                    self.autocast, progress=self.ddp.is_main)
 
     # set-up
 
