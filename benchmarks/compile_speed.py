@@ -8,9 +8,18 @@ with its range. Before that: what each width took to compile into an empty cache
 
     python benchmarks/compile_speed.py                                    # the default model, 13 widths
     python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
+    python benchmarks/compile_speed.py --train                            # the default main job, eager then compiled
+
+``--train`` runs ``scalavit train`` (the default main job on Fashion-MNIST, or with ``--train-args``) twice, eager
+then with ``--compile`` into an empty inductor cache, and prints the wall times with compilation and each run's
+final top-1 at every width.
 """
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +63,27 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def train_runs(extra: list[str]) -> None:
+    """The main job eager and compiled, one after the other: wall time and final accuracies."""
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, flags in (('eager', []), ('compiled', ['--compile'])):
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / 'inductor'))
+            start = time.perf_counter()
+            subprocess.run([sys.executable, '-m', 'scalavit', 'train', '--output', str(Path(tmp) / name), *extra,
+                            *flags], check=True, env=env)
+            seconds = time.perf_counter() - start
+            last = json.loads((Path(tmp) / name / 'log.jsonl').read_text().splitlines()[-1])
+            results[name] = seconds, {k[len('top1@'):]: v for k, v in last.items() if k.startswith('top1@')}
+    (eager_s, eager_top1), (compiled_s, compiled_top1) = results['eager'], results['compiled']
+    print(f"\nscalavit train {' '.join(extra)}: eager {eager_s / 60:.1f} min, --compile {compiled_s / 60:.1f} min "
+          f"(compilation included, empty inductor cache): ratio {compiled_s / eager_s:.2f}")
+    print("| width | eager top-1 | compiled top-1 |\n|---|---|---|")
+    for width in eager_top1:
+        print(f"| {width} | {eager_top1[width]:.2f} | {compiled_top1[width]:.2f} |")
+    print(f"| mean | {statistics.mean(eager_top1.values()):.2f} | {statistics.mean(compiled_top1.values()):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='scala_vit_mini_patch7_28')
@@ -61,7 +91,11 @@ def main() -> None:
     parser.add_argument('--rounds', type=int, default=5, help='rounds per (width, batch size); the table shows the '
                                                               'median ratio and its range over them')
     parser.add_argument('--seconds', type=float, default=0.4, help='time per implementation in a round (about)')
+    parser.add_argument('--train', action='store_true', help='time the main job eager and with --compile instead')
+    parser.add_argument('--train-args', default='', help="options for both training runs, e.g. '--epochs 2'")
     args = parser.parse_args()
+    if args.train:
+        return train_runs(args.train_args.split())
 
     torch.manual_seed(0)
     model = timm.create_model(args.model).eval()

@@ -129,3 +129,21 @@ def test_compile_without_a_compiler_is_one_clear_line(run, monkeypatch, capsys):
     assert main(['eval', str(run), '--compile']) == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and '--compile needs a C++ compiler' in err
+
+
+def test_compiled_training_takes_the_eager_steps(run, tmp_path):
+    """Two Scala steps (four sub-networks each, Mixup, distillation from the full width) compiled and eager: the same
+    losses and the same weights after, so the same gradients."""
+    data = run.parent / 'data'
+    common = ['train', '--data', str(data), '--smallest', '0.5', '--granularity', '1/4', *FAST,
+              '--epochs', '1', '--max-steps', '2', '--full-warmup-epochs', '0', '--eval-widths', '1.0']
+    assert main([*common, '--output', str(tmp_path / 'eager')]) == 0
+    assert main([*common, '--output', str(tmp_path / 'compiled'), '--compile']) == 0
+    eager, compiled_log = (json.loads((tmp_path / name / 'log.jsonl').read_text().splitlines()[-1])
+                           for name in ('eager', 'compiled'))
+    for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
+        assert compiled_log[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), key
+    eager_weights, compiled_weights = (torch.load(tmp_path / name / 'last.pt', weights_only=False)['model']
+                                       for name in ('eager', 'compiled'))
+    for name, tensor in eager_weights.items():
+        torch.testing.assert_close(compiled_weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
