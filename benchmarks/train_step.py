@@ -10,6 +10,10 @@ model and optimizer were built.
 
     python benchmarks/train_step.py                               # DeiT-S, batch 16
     python benchmarks/train_step.py --model scala_vit_mini_patch7_28 --batch-size 128
+    python benchmarks/train_step.py --compiled                    # the Scala step compiled against eager
+
+``--compiled``: the same Scala step with the model compiled as ``scalavit train --compile`` compiles it, against the
+eager step, alternately (target: no slower); and the peak memory of each, each in a fresh process (target <= 1.15x).
 """
 import argparse
 import contextlib
@@ -17,6 +21,7 @@ import json
 import resource
 import subprocess
 import sys
+import time
 
 import timm
 import torch
@@ -25,6 +30,7 @@ from timm.data.mixup import mixup_target
 
 import scalavit  # noqa: F401  (registers the scala_* models)
 from scalavit import to_timm
+from scalavit.compiled import compile_for_training
 from scalavit.evaluate import time_alternately
 from scalavit.methods import Scala
 from scalavit.train import SubNetworkPasses
@@ -74,7 +80,8 @@ def full_step_fn(model, images, target):
 
 
 def peak_memory_mib(args, kind):
-    """Peak memory of 3 steps of ``kind`` ('scala' or 'full') above the memory held before the first step."""
+    """Peak memory of 3 steps of ``kind`` ('scala', 'full' or 'compiled') above the memory held before the first
+    step."""
     if args.device.startswith('cuda'):
         model, step = build_step(args, kind)
         torch.cuda.synchronize()
@@ -93,9 +100,21 @@ def build_step(args, kind):
     torch.manual_seed(0)
     model = timm.create_model(args.model).to(args.device).train()
     images, target = make_batch(model, args.batch_size, args.device)
+    if kind == 'compiled':
+        return model, scala_step_fn(compiled_model(model, images, args.seed), images, target, args.seed)
     if kind == 'scala':
         return model, scala_step_fn(model, images, target, args.seed)
     return model, full_step_fn(model, images, target)
+
+
+def step_widths(model, seed):
+    upper, lower = model.grid.sample(torch.Generator().manual_seed(seed))
+    return [model.grid.largest, upper, lower, model.grid.smallest]
+
+
+def compiled_model(model, images, seed):
+    """The model as ``scalavit train --compile`` compiles it, warmed up at the widths the step trains."""
+    return compile_for_training(model, tuple(step_widths(model, seed)), images, contextlib.nullcontext)
 
 
 def rss_mib():
@@ -104,13 +123,35 @@ def rss_mib():
 
 
 def report_own_peak(args):
-    """In a fresh process: peak resident memory of 3 steps of one kind, above what was held before them."""
+    """In a fresh process: peak resident memory of 3 steps of one kind, above what was held before them (the
+    high-water mark reset first, so that what building and compiling took does not count)."""
     _, step = build_step(args, args.memory_of)
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # resets VmHWM (Linux)
     before = rss_mib()
     for _ in range(3):
         step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open('/proc/self/status') as f:
+        peak = next(int(line.split()[1]) for line in f if line.startswith('VmHWM')) / 1024
     print(json.dumps(dict(peak_mib=peak - before)))
+
+
+def compare_compiled(args):
+    model, eager_step = build_step(args, 'scala')
+    images, target = make_batch(model, args.batch_size, args.device)
+    start = time.perf_counter()
+    compiled_step = scala_step_fn(compiled_model(model, images, args.seed), images, target, args.seed)
+    compile_s = time.perf_counter() - start
+    compiled_time, eager_time = time_alternately(compiled_step, eager_step, args.calls, warmup=1)
+    print(f"{args.model}, batch {args.batch_size}, {args.device}, fp32, {torch.get_num_threads()} threads, "
+          f"widths {step_widths(model, args.seed)}; compiling them took {compile_s:.0f} s")
+    print(f"{'Scala step':32} {'ms':>10}")
+    print(f"{'eager':32} {1e3 * eager_time:>10.1f}")
+    print(f"{'compiled':32} {1e3 * compiled_time:>10.1f}")
+    print(f"time ratio compiled / eager: {compiled_time / eager_time:.3f}   (target <= 1.0)")
+    compiled_peak, eager_peak = peak_memory_mib(args, 'compiled'), peak_memory_mib(args, 'scala')
+    print(f"peak memory above the model, MiB: compiled {compiled_peak:.1f}, eager {eager_peak:.1f}; ratio "
+          f"{compiled_peak / eager_peak:.3f}   (target <= 1.15)")
 
 
 def main():
@@ -120,10 +161,13 @@ def main():
     parser.add_argument('--seed', type=int, default=0, help='seeds the Stable Sampling draw of the two middle widths')
     parser.add_argument('--calls', type=int, default=5)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--memory-of', choices=['scala', 'full'], help=argparse.SUPPRESS)
+    parser.add_argument('--compiled', action='store_true', help='compiled Scala step against the eager one')
+    parser.add_argument('--memory-of', choices=['scala', 'full', 'compiled'], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
         return report_own_peak(args)
+    if args.compiled:
+        return compare_compiled(args)
 
     model, scala_step = build_step(args, 'scala')
     upper, lower = model.grid.sample(torch.Generator().manual_seed(args.seed))

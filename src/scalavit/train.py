@@ -112,7 +112,8 @@ class SubNetworkPasses:
         self.model, self.images, self.autocast, self.scaler = model, images, autocast, scaler
 
     def __call__(self, width: float, loss_fn, last: bool) -> tuple[Logits, torch.Tensor]:
-        no_sync = self.model.no_sync if isinstance(self.model, DistributedDataParallel) and not last else None
+        ddp = getattr(self.model, '_orig_mod', self.model)  # torch.compile keeps the DDP module inside
+        no_sync = ddp.no_sync if isinstance(ddp, DistributedDataParallel) and not last else None
         with no_sync() if no_sync else contextlib.nullcontext():
             with self.autocast():
                 output = self.model(self.images, width)
