@@ -2,9 +2,10 @@
 
 For every width of the model: batch-1 and batch-64 latency of ``model(x, width)`` (eager), of the width compiled by
 ``scalavit.compiled.CompiledWidths`` (torch.export + AOTInductor) and of the width's ONNX export run by ONNX Runtime
-(as many threads as torch). The three are called in turn (ABC ABC ...) so that drift of a noisy machine hits all
-alike; each round gives a median per implementation, and the table shows the median ratio over ``--rounds`` rounds
-with its range. Before that: what each width took to compile into an empty cache, and to load on a second start.
+(as many threads as torch, as ``scalavit serve --onnxruntime`` runs it). The three are called in turn (ABC ABC ...)
+so that drift of a noisy machine hits all alike; each round gives a median per implementation, and the table shows
+the median ratio over ``--rounds`` rounds with its range. Before that: what each width took to compile into an empty
+cache, and to load on a second start.
 
     python benchmarks/compile_speed.py                                    # the default model, 13 widths
     python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
@@ -29,23 +30,7 @@ import torch
 
 import scalavit  # noqa: F401  (registers the scala_* models)
 from scalavit.compiled import CompiledWidths
-from scalavit.export import export_width
-
-
-def onnx_sessions(model, widths, folder: Path) -> dict:
-    """An ONNX Runtime session of every width, exported by ``scalavit export``'s own path."""
-    import onnxruntime
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    # Idle ONNX Runtime threads spin by default, taking the cores from the eager and compiled calls between its own.
-    options.add_session_config_entry('session.intra_op.allow_spinning', '0')
-    sessions = {}
-    for width in widths:
-        export_width(model, width, folder / f'{width:g}', 'onnx')
-        session = onnxruntime.InferenceSession(str(folder / f'{width:g}' / 'model.onnx'), options,
-                                               providers=['CPUExecutionProvider'])
-        sessions[width] = session
-    return sessions
+from scalavit.serve.runner import OnnxRuntimeWidths
 
 
 def round_medians(fns: dict, calls: int) -> dict:
@@ -110,7 +95,7 @@ def main() -> None:
         print(f"\ncompile, empty cache: {sum(cold.seconds.values()):.1f} s for {len(model.widths)} widths, "
               f"{spread(list(cold.seconds.values()))} s each; second start (cache): "
               f"{sum(compiled.seconds.values()):.1f} s, {spread(list(compiled.seconds.values()))} s each")
-        sessions = onnx_sessions(model, model.widths, Path(tmp) / 'onnx')
+        onnxruntime_widths = OnnxRuntimeWidths(model, Path(tmp) / 'onnx', torch.get_num_threads())
         for batch_size in args.batch_sizes:
             x = torch.randn(batch_size, *input_size)
             print(f"\nbatch {batch_size}: median ms of each implementation (over its rounds), and the ratios' median "
@@ -118,9 +103,8 @@ def main() -> None:
             print(f"| width | eager ms | compiled ms | ONNX Runtime ms | compiled / eager | ONNX Runtime / eager |")
             print("|---|---|---|---|---|---|")
             for width in model.widths:
-                session = sessions[width]
                 fns = {'eager': lambda: model(x, width), 'compiled': lambda: compiled(x, width),
-                       'ort': lambda: session.run(None, {'images': x.numpy()})}
+                       'ort': lambda: onnxruntime_widths(x, width)}
                 with torch.inference_mode():
                     torch.testing.assert_close(compiled(x, width), model(x, width), atol=1e-5, rtol=1e-5)
                     probe = round_medians(fns, 3)

@@ -12,6 +12,7 @@ from scalavit import compiled
 from scalavit.checkpoint import load_model
 from scalavit.cli import main
 from scalavit.compiled import CompiledWidths
+from scalavit.serve.runner import Runner
 from test_serve_server import Server
 
 
@@ -110,9 +111,28 @@ def test_serve_with_compile_answers_at_every_width(run, cache):
     try:
         profile = {row['width']: row for row in httpx.get(f'{server.url}/widths').json()['profile']}
         assert set(profile) == {0.5, 0.75, 1.0}
+        assert httpx.get(f'{server.url}/widths').json()['backend'] == 'compiled'
         for width in profile:
             response = server.post(png, **{'X-Width': str(width)})
             assert response.status_code == 200 and response.json()['width'] == width
+    finally:
+        server.stop()
+
+
+def test_serve_with_onnxruntime_answers_at_every_width_from_the_exported_widths(run):
+    png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()
+    server = Server(run, '--onnxruntime')
+    try:
+        widths = httpx.get(f'{server.url}/widths').json()
+        assert widths['backend'] == 'onnxruntime' and widths['widths'] == [0.5, 0.75, 1.0]
+        eager = Runner(str(run))
+        for width in widths['widths']:
+            response = server.post(png, **{'X-Width': str(width)})
+            assert response.status_code == 200 and response.json()['width'] == width
+            expected = eager.run([eager.preprocess(png)], width)[0]
+            answered = [(row['label'], row['probability']) for row in response.json()['top5']]
+            assert [label for label, _ in answered] == [label for label, _ in expected]
+            assert [p for _, p in answered] == pytest.approx([p for _, p in expected], abs=1e-4)
     finally:
         server.stop()
 

@@ -201,12 +201,15 @@ def _serve(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     settings = Settings(args.slo_ms, args.policy, args.max_batch_size, args.max_queue, args.max_body_bytes,
                         args.profile_repeats)
-    runner = Runner(args.checkpoint, args.device, args.model, compile=args.compile, compile_cache=args.compile_cache)
+    if args.compile and args.onnxruntime:
+        raise ValueError("--compile and --onnxruntime are two backends; choose one")
+    backend = 'compiled' if args.compile else 'onnxruntime' if args.onnxruntime else 'eager'
+    runner = Runner(args.checkpoint, args.device, args.model, backend=backend, compile_cache=args.compile_cache)
     service = Service(runner, settings, runner.accuracies(args.data))
     logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
-          f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads; profiling {len(runner.widths)} widths x "
-          f"{len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
+          f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
+          f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level='warning',
                             access_log=False, limit_concurrency=args.max_queue + 2 * args.max_batch_size + 32)
     uvicorn.Server(config).run()
@@ -304,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
     serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(serve)
+    serve.add_argument('--onnxruntime', action='store_true',
+                       help='serve every width through ONNX Runtime (each exported to ONNX and checked at start; CPU)')
     serve.set_defaults(run=_serve)
     return parser
 

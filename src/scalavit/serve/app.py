@@ -93,8 +93,8 @@ class Service:
                                                                self.settings.profile_repeats), self.accuracy)
             self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
                                    on_batch=self.metrics.on_batch).start()
-            log.info("ready: %d widths%s x %d batch sizes profiled in %.1f s", len(self.profile.widths),
-                     ' compiled and' if self.runner.compile else '', len(self.profile.batch_sizes),
+            log.info("ready: %d widths%s x %d batch sizes prepared and profiled in %.1f s", len(self.profile.widths),
+                     f' ({self.runner.backend})', len(self.profile.batch_sizes),
                      time.perf_counter() - start)
         except Exception as error:  # reported by /health/ready; the process stays up to say why
             self.error = f"{type(error).__name__}: {error}"
@@ -103,7 +103,8 @@ class Service:
     def widths_json(self) -> dict:
         profile = self.profile
         return dict(
-            policy=self.policy.name, slo_ms=self.settings.slo_ms, widths=list(self.runner.widths),
+            policy=self.policy.name, backend=self.runner.backend, slo_ms=self.settings.slo_ms,
+            widths=list(self.runner.widths),
             batch_sizes=profile.batch_sizes,
             profile=[dict(width=w, top1=profile.accuracy[w],
                           p95_ms={str(b): round(1e3 * profile.latency[(w, b)], 4) for b in profile.batch_sizes})

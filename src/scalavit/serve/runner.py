@@ -1,7 +1,9 @@
 """The one shared model on its device: images decoded and preprocessed as the model expects, a batch answered at any
 width of the grid (the width is the forward's argument: no module state changes, no copies), and the latency
 profile of every (width, batch size) measured here."""
+import importlib.util
 import io
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +16,8 @@ from ..checkpoint import load_model
 from ..compiled import CompiledWidths, check_can_compile
 from ..data import build_transform
 from ..evaluate import time_call
-from ..model import check_device
+from ..export import export_width
+from ..model import SlimmableVisionTransformer, check_device
 from ..pick import saved_report
 
 
@@ -22,13 +25,42 @@ class BadImage(ValueError):
     """The request's body is not a whole image that PIL can read."""
 
 
+class OnnxRuntimeWidths:
+    """Every width exported to ONNX (and checked, as ``scalavit export`` checks it) and run by an ONNX Runtime
+    session of its own: ``widths(x, width)`` answers as ``model(x, width)``."""
+
+    def __init__(self, model: SlimmableVisionTransformer, folder: Path, threads: int):
+        import onnxruntime
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        # Idle threads would otherwise spin between batches, taking the cores from preprocessing and HTTP.
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+        self.grid, self.sessions = model.grid, {}
+        for width in model.widths:
+            export_width(model, width, folder / f'{width:g}', 'onnx')
+            self.sessions[width] = onnxruntime.InferenceSession(
+                str(folder / f'{width:g}' / 'model.onnx'), options, providers=['CPUExecutionProvider'])
+
+    def __call__(self, x: torch.Tensor, width: Optional[float] = None) -> torch.Tensor:
+        session = self.sessions[self.grid.largest if width is None else self.grid.snap(width)]
+        return torch.from_numpy(session.run(None, {'images': x.numpy()})[0])
+
+
+BACKENDS = ('eager', 'compiled', 'onnxruntime')
+
+
 class Runner:
     def __init__(self, checkpoint: str, device: str = 'cpu', model_name: Optional[str] = None, top_k: int = 5,
-                 compile: bool = False, compile_cache: Optional[Path] = None):
+                 backend: str = 'eager', compile_cache: Optional[Path] = None):
         self.checkpoint, self.device, self.model_name = checkpoint, check_device(device), model_name
-        if compile:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+        if backend == 'compiled':
             check_can_compile(self.device)
-        self.compile, self.compile_cache = compile, compile_cache
+        if backend == 'onnxruntime' and (self.device.type != 'cpu' or importlib.util.find_spec('onnxruntime') is None):
+            raise ValueError("--onnxruntime serves on the CPU with the onnxruntime package: pip install "
+                             "'scalavit[onnx]' and use --device cpu")
+        self.backend, self.compile_cache = backend, compile_cache
         model, self.config = load_model(checkpoint, model_name)
         self.model = model.to(self.device).eval()
         self.forward = self.model  # the compiled widths once ``prepare`` has compiled them
@@ -44,9 +76,15 @@ class Runner:
         return self.model.widths
 
     def prepare(self) -> None:
-        """Compile every width when asked (before the profile, which then measures what serves)."""
-        if self.compile and self.forward is self.model:
+        """Compile, or export to ONNX Runtime, every width when asked (before the profile, which then measures what
+        serves)."""
+        if self.forward is not self.model:
+            return
+        if self.backend == 'compiled':
             self.forward = CompiledWidths(self.model, cache_dir=self.compile_cache, progress=False)
+        elif self.backend == 'onnxruntime':
+            self._onnx_folder = tempfile.TemporaryDirectory(prefix='scalavit-serve-onnx-')
+            self.forward = OnnxRuntimeWidths(self.model, Path(self._onnx_folder.name), torch.get_num_threads())
 
     def preprocess(self, body: bytes) -> torch.Tensor:
         """Any image PIL reads, as the model's input: its size, channels, mean and std (timm's eval transform)."""
