@@ -70,6 +70,17 @@ def test_a_second_start_loads_every_width_from_the_cache_even_for_other_weights(
         torch.testing.assert_close(again(x, 0.75), other(x, 0.75), atol=1e-5, rtol=1e-5)
 
 
+def test_a_damaged_cache_entry_is_built_again(model, cache):
+    CompiledWidths(model, widths=[0.5], progress=False)
+    for package in cache.glob('width-0.5-*.pt2'):
+        package.write_bytes(b'not a package')
+    rebuilt = CompiledWidths(model, widths=[0.5], progress=False)
+    assert rebuilt.cached == {0.5: False}
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, 0.5), model(x, 0.5), atol=1e-5, rtol=1e-5)
+
+
 def test_compiled_widths_refuse_what_the_model_refuses(model, cache):
     compiled_widths = CompiledWidths(model, widths=[0.5], progress=False)
     x = torch.randn(2, 1, 28, 28)

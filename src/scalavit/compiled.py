@@ -159,7 +159,13 @@ class CompiledWidths:
         cached = path.is_file()
         if not cached:
             compile_package(program, path, weights=False)
-        runner = torch._inductor.aoti_load_package(str(path))
+        try:
+            runner = torch._inductor.aoti_load_package(str(path))
+        except Exception:  # a damaged cache entry (a disk error, a hand-edited cache) is built again
+            if not cached:
+                raise
+            compile_package(program, path, weights=False)
+            runner, cached = torch._inductor.aoti_load_package(str(path)), False
         runner.load_constants({name: tensors[name] for name in runner.get_constant_fqns()},
                               check_full_update=True, user_managed=True)
         return runner, cached
