@@ -10,6 +10,7 @@ cache, and to load on a second start.
     python benchmarks/compile_speed.py                                    # the default model, 13 widths
     python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
     python benchmarks/compile_speed.py --train                            # the default main job, eager then compiled
+    python benchmarks/compile_speed.py --training-compile                 # compiling for training, cold then cached
 
 ``--train`` runs ``scalavit train`` (the default main job on Fashion-MNIST, or with ``--train-args``) twice, eager
 then with ``--compile`` into an empty inductor cache, and prints the wall times with compilation and each run's
@@ -69,6 +70,28 @@ def train_runs(extra: list[str]) -> None:
     print(f"| mean | {statistics.mean(eager_top1.values()):.2f} | {statistics.mean(compiled_top1.values()):.2f} |")
 
 
+_COMPILE_FOR_TRAINING = """
+import contextlib, sys, time, timm, torch, scalavit
+from scalavit.compiled import compile_for_training
+model = timm.create_model(sys.argv[1]).train()
+start = time.perf_counter()
+compile_for_training(model, model.widths, torch.zeros(128, *model.pretrained_cfg['input_size']),
+                     contextlib.nullcontext, progress=False)
+print(time.perf_counter() - start)
+"""
+
+
+def training_compile_times(model_name: str) -> None:
+    """What ``scalavit train --compile`` spends compiling (batch 128), in a fresh process with an empty inductor
+    cache, then in another fresh process with the cache the first one left."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tmp)
+        seconds = [float(subprocess.run([sys.executable, '-c', _COMPILE_FOR_TRAINING, model_name], env=env, check=True,
+                                        capture_output=True, text=True).stdout.split()[-1]) for _ in range(2)]
+    print(f"{model_name}: compiling every width's forward and backward for training: {seconds[0]:.1f} s with an "
+          f"empty inductor cache, {seconds[1]:.1f} s on a second start")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--model', default='scala_vit_mini_patch7_28')
@@ -78,7 +101,11 @@ def main() -> None:
     parser.add_argument('--seconds', type=float, default=0.4, help='time per implementation in a round (about)')
     parser.add_argument('--train', action='store_true', help='time the main job eager and with --compile instead')
     parser.add_argument('--train-args', default='', help="options for both training runs, e.g. '--epochs 2'")
+    parser.add_argument('--training-compile', action='store_true',
+                        help="time compiling for training instead, cold then from inductor's cache")
     args = parser.parse_args()
+    if args.training_compile:
+        return training_compile_times(args.model)
     if args.train:
         return train_runs(args.train_args.split())
 
