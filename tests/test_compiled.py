@@ -110,9 +110,11 @@ def test_eval_and_pick_with_compile_measure_the_compiled_widths_with_the_eager_a
     assert [r['top1'] for r in compiled_report['rows']] == [r['top1'] for r in eager_report['rows']]
     # pick on the eager report with --compile measures the compiled widths now, and says so
     assert main(['pick', str(eager), '--latency-ms', '1e6', '--compile', '--repeats', '3']) == 0
-    assert 'measured now on' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'measured now on' in out and 'threads, compiled, batch 1' in out
     assert main(['pick', str(compiled_run), '--latency-ms', '1e6', '--compile']) == 0
-    assert 'measured by `scalavit eval`' in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert 'measured by `scalavit eval`' in out and 'threads, compiled, batch 1' in out
 
 
 def test_serve_with_compile_answers_at_every_width(run, cache):
