@@ -3,11 +3,14 @@
 Mixed-precision training (fp32, fp16 with the gradient scaler, bf16) of the default model on real Fashion-MNIST images
 and of DeiT-S at 224 on random images; fp16 with --clip-grad clipping the norm; a resumed run against an uninterrupted
 one; the Scala training step of DeiT-S at batch 128 in bf16, eager and compiled; `scalavit eval` and `pick` timing
-every width with CUDA synchronisation; `scalavit serve` on CUDA answering a burst of requests. Without a CUDA device
-it says so in one line and exits 0. Results are recorded in docs/gpu.md.
+every width with CUDA synchronisation; `scalavit serve` on CUDA answering a burst of requests; and `--compile` on
+CUDA: a compiled training run against the eager one, `eval`, `pick` and `serve` of compiled widths, and every width of
+the default model compiled by AOTInductor against eager. Without a CUDA device it says so in one line and exits 0.
+Results are recorded in docs/gpu.md.
 
     bash scripts/gpu_check.sh
     bash scripts/gpu_check.sh --fashion-mnist DIR --workdir /tmp/gpu-check
+    bash scripts/gpu_check.sh --only compile          # the checks whose name holds 'compile'
 
 The checks are functions that tests/test_gpu_check.py also runs on the CPU where they mean something.
 """
@@ -39,6 +42,7 @@ import torch
 from PIL import Image
 
 import scalavit  # noqa: F401  (registers the scala_* models)
+from scalavit.compiled import CompiledWidths
 from scalavit.config import TrainConfig
 from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST, read_fashion_mnist
 from scalavit.evaluate import time_alternately
@@ -250,12 +254,12 @@ async def send_burst(url: str, body: bytes, count: int) -> tuple[list[httpx.Resp
         return answers, time.perf_counter() - start
 
 
-def check_serve(run: Path, image: Path, device: str, requests: int = 256) -> str:
-    """`scalavit serve` on ``device``: ready after profiling, a burst of concurrent requests answered (200, or 503
-    with Retry-After when refused), a pinned width honoured, and the server still up."""
+def check_serve(run: Path, image: Path, device: str, requests: int = 256, options: tuple[str, ...] = ()) -> str:
+    """`scalavit serve` on ``device`` (with ``options``): ready after profiling, a burst of concurrent requests
+    answered (200, or 503 with Retry-After when refused), a pinned width honoured, and the server still up."""
     url = f'http://127.0.0.1:{free_port()}'
     process = subprocess.Popen([sys.executable, '-m', 'scalavit', 'serve', str(run), '--device', device, '--port',
-                                url.rsplit(':', 1)[1], '--max-batch-size', '16', '--profile-repeats', '10'],
+                                url.rsplit(':', 1)[1], '--max-batch-size', '16', '--profile-repeats', '10', *options],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300
@@ -295,6 +299,101 @@ def check_serve(run: Path, image: Path, device: str, requests: int = 256) -> str
             f"{statuses.count(503)} refused with 503; widths {widths}, batches up to {max(batches)}")
 
 
+# --compile on CUDA
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 matrix products and convolutions without TF32, so that compiled and eager numbers can be compared."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def check_compiled_training(data: Path, workdir: Path, device: str, epochs: int = 5) -> str:
+    """The same run (4 widths, 50 steps, fp32) eager and with ``--compile``: the losses of every epoch agree, and
+    both report their speed; the compiled trainer's start includes compiling every width's forward and backward."""
+    options = dict(granularity=0.25, epochs=epochs)
+    runs = {}
+    with exact_fp32():
+        for name, compile in (('eager', False), ('compiled', True)):
+            start = time.perf_counter()
+            trainer = Trainer(train_config(data, workdir / f'train-{name}', FASHION_MODEL, device, 'none',
+                                           compile=compile, **options))
+            setup = time.perf_counter() - start
+            trainer.fit()
+            runs[name] = trainer.log_rows, setup, time.perf_counter() - start
+    (eager, eager_setup, eager_s), (compiled, compiled_setup, compiled_s) = runs['eager'], runs['compiled']
+    keys = [k for k in eager[0] if k.startswith('loss_')]
+    worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for a, b in zip(eager, compiled) for k in keys)
+    if len(eager) != len(compiled) or worst > 1e-3:
+        raise AssertionError(f"compiled losses differ from eager by up to {worst:.3g} (relative)")
+    rate = lambda rows: statistics.median(row['images_per_s'] for row in rows[1:] or rows)  # noqa: E731
+    return (f"{eager[-1]['step']} steps, {len(keys)} losses an epoch within {worst:.2g} (relative) of eager; "
+            f"start {compiled_setup:.0f} s compiled (4 widths forward and backward) vs {eager_setup:.0f} s eager, "
+            f"whole run {compiled_s:.0f} s vs {eager_s:.0f} s; {rate(compiled):.0f} vs {rate(eager):.0f} img/s "
+            f"after epoch 1")
+
+
+def check_compiled_eval_and_pick(run: Path, device: str, cache: Path) -> str:
+    """`scalavit eval --compile` scores every width as eager `eval` does (one image of the 200 at most) and times the
+    compiled widths; `pick --compile` measures the compiled widths (loaded from the cache) and chooses one."""
+    reports = {}
+    for name, options in (('eager', ()), ('compiled', ('--compile', '--compile-cache', str(cache)))):
+        output = run.parent / f'{run.name}-eval-{name}'
+        output.mkdir(exist_ok=True)
+        scalavit('eval', str(run), '--device', device, '--latency-repeats', '50', '--workers', '2', '--output',
+                 str(output), *options)
+        reports[name] = read_report(output)
+    eager, compiled = reports['eager']['rows'], reports['compiled']['rows']
+    if not reports['compiled']['meta']['compiled'] or reports['eager']['meta']['compiled']:
+        raise AssertionError("the reports do not say which was compiled")
+    step = 100 / reports['eager']['meta']['images'] + 0.01  # one image, and the report's rounding
+    differ = [(a['width'], a['top1'], b['top1']) for a, b in zip(eager, compiled) if abs(a['top1'] - b['top1']) > step]
+    if len(eager) != len(compiled) or differ:
+        raise AssertionError(f"compiled top-1 differs from eager by more than one image: {differ}")
+    budget = statistics.median(row['latency_ms_median'] for row in compiled)
+    chosen = [line for line in scalavit('pick', str(run), '--latency-ms',
+                                        f'{budget:.4f}', '--device', device, '--compile', '--compile-cache',
+                                        str(cache)).splitlines() if line.startswith('width ')]
+    if not chosen:
+        raise AssertionError("pick --compile chose no width")
+    latencies = ', '.join(f"{a['width']:g}: {a['latency_ms_median']:.3f} / {b['latency_ms_median']:.3f}"
+                          for a, b in zip(eager, compiled))
+    return f"top-1 as eager at {len(compiled)} widths; batch-1 ms eager / compiled {latencies}; pick: {chosen[0]}"
+
+
+def check_compiled_widths(device: str, cache: Path, calls: int = 200, **grid) -> str:
+    """Every width of the default model (on ``grid``) compiled by AOTInductor for the GPU: logits equal eager (fp32,
+    no TF32) at batch 1 and 64; batch-1 latency eager and compiled, called alternately; a second start loads from
+    the cache."""
+    torch.manual_seed(0)
+    model = timm.create_model(FASHION_MODEL, **grid).to(device).eval()
+    start = time.perf_counter()
+    compiled = CompiledWidths(model, cache_dir=cache, progress=False)
+    cold = time.perf_counter() - start
+    x = torch.randn(64, *compiled.input_size, device=device)
+    with exact_fp32(), torch.inference_mode():
+        worst = max(float((compiled(batch, w) - model(batch, w)).abs().max())
+                    for w in model.widths for batch in (x[:1], x))
+        if worst > 1e-4:
+            raise AssertionError(f"compiled logits differ from eager by {worst:.3g}")
+        timed = (model.widths[0], model.widths[len(model.widths) // 2], model.widths[-1])
+        times = {w: time_alternately(lambda: model(x[:1], w), lambda: compiled(x[:1], w), calls) for w in timed}
+    start = time.perf_counter()
+    again = CompiledWidths(model, cache_dir=cache, progress=False)
+    warm = time.perf_counter() - start
+    if not all(again.cached.values()):
+        raise AssertionError("the second start compiled again instead of loading from the cache")
+    latencies = ', '.join(f"{w:g}: {e * 1e3:.3f} / {c * 1e3:.3f} ({c / e:.2f}x)" for w, (e, c) in times.items())
+    return (f"{len(model.widths)} widths within {worst:.1g} of eager (fp32); compiled in {cold:.0f} s "
+            f"({cold / len(model.widths):.1f} s a width), loaded from the cache in {warm:.1f} s; batch-1 ms eager / "
+            f"compiled {latencies}")
+
+
 # The whole check
 
 
@@ -327,6 +426,14 @@ def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, Callabl
         ('eval and pick', lambda: check_eval_and_pick(workdir / 'default-bf16', device)),
         ('serve burst', lambda: check_serve(workdir / 'default-bf16', image, device)),
     ]
+    cache = workdir / 'compiled-cache'
+    compile_options = ('--compile', '--compile-cache', str(cache))
+    listed += [
+        ('train --compile', lambda: check_compiled_training(small, workdir, device)),
+        ('eval, pick --compile', lambda: check_compiled_eval_and_pick(workdir / 'train-compiled', device, cache)),
+        ('serve --compile', lambda: check_serve(workdir / 'train-compiled', image, device, options=compile_options)),
+        ('compiled widths', lambda: check_compiled_widths(device, workdir / 'widths-cache', granularity=0.25)),
+    ]
     return listed
 
 
@@ -335,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--fashion-mnist', type=Path, default=FASHION_MNIST_ROOT,
                         help='folder of the four Fashion-MNIST *-ubyte.gz files')
     parser.add_argument('--workdir', type=Path, help='where runs are written (default: a temporary folder)')
+    parser.add_argument('--only', metavar='TEXT', help='run only the checks whose name holds TEXT')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         print(f"no CUDA device: torch {torch.__version__} sees no GPU here, so nothing was checked")
@@ -343,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     print(environment_line(device), flush=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix='scalavit-gpu-check-'))
     listed, failed = checks(workdir, args.fashion_mnist, device), 0
+    listed = [(name, check) for name, check in listed if args.only is None or args.only in name]
     for name, check in listed:
         start = time.perf_counter()
         try:

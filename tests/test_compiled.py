@@ -157,6 +157,17 @@ def test_an_aoti_export_is_a_package_that_answers_as_the_width(model, tmp_path, 
     assert check['max_abs_logit_difference'] <= 1e-4 and check['top1_agreement'] == 1.0
 
 
+def test_a_torch_that_crashes_loading_a_package_is_a_clear_error(model, cache, monkeypatch):
+    CompiledWidths(model, widths=[0.5], progress=False)
+    assert list(cache.glob('.packages-load-*'))  # checked once, in a child process, then remembered
+    for marker in cache.glob('.packages-load-*'):
+        marker.unlink()
+    monkeypatch.setattr(compiled, '_LOAD_CHECK', 'import os, signal; os.kill(os.getpid(), signal.SIGSEGV)')
+    with pytest.raises(compiled.CompileError, match='crashes when it loads an AOTInductor package'):
+        CompiledWidths(model, widths=[0.5], progress=False)
+    assert not list(cache.glob('.packages-load-*'))
+
+
 def test_compile_without_a_compiler_is_one_clear_line(run, monkeypatch, capsys):
     monkeypatch.setattr(compiled.shutil, 'which', lambda name: None)
     assert main(['eval', str(run), '--compile']) == 2

@@ -35,6 +35,16 @@ def test_a_failing_check_is_one_line_and_the_exit_status_is_1(monkeypatch, tmp_p
     assert lines[3] == '1 passed, 1 failed'
 
 
+def test_only_runs_the_checks_whose_name_holds_the_text(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(gpu_check, 'environment_line', lambda device: 'environment: test')
+    monkeypatch.setattr(gpu_check, 'checks', lambda *args: [('train --compile', lambda: 'a'), ('serve', lambda: 'b'),
+                                                             ('compiled widths', lambda: 'c')])
+    assert gpu_check.main(['--workdir', str(tmp_path), '--only', 'compile']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in lines[1:3]] == ['train', 'compiled'] and lines[3] == '2 passed, 0 failed'
+
+
 @pytest.fixture(scope='module')
 def fashion(tmp_path_factory):
     return gpu_check.fashion_folder(tmp_path_factory.mktemp('gpu-check') / 'fashion')

@@ -12,6 +12,8 @@ import hashlib
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -75,16 +77,38 @@ def _package_options(weights: bool) -> dict:
     return {'aot_inductor.package_constants_in_so': weights, 'always_keep_tensor_constants': not weights}
 
 
+def _machine(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'{platform.machine()} {torch.backends.cpu.get_cpu_capability()}'
+
+
 def _cache_key(program: ExportedProgram, device: torch.device) -> str:
     """What decides the compiled code: the graph, the shapes and dtypes of the weights, torch and the device."""
-    if device.type == 'cuda':
-        machine = torch.cuda.get_device_name(device)
-    else:
-        machine = f'{platform.machine()} {torch.backends.cpu.get_cpu_capability()}'
     weights = sorted((name, tuple(t.shape), str(t.dtype)) for name, t in program.state_dict.items())
-    text = '\n'.join([program.graph_module.code, repr(weights), torch.__version__, machine,
+    text = '\n'.join([program.graph_module.code, repr(weights), torch.__version__, _machine(device),
                       repr(_package_options(weights=False))])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+_LOAD_CHECK = 'import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])'
+
+
+def check_packages_load(path: Path, device: torch.device) -> None:
+    """Some torch builds crash the whole process when they load an AOTInductor package (seen: a segmentation fault
+    with torch 2.11.0+cu130, for any package, even one nn.Linear's). So the first package is loaded in a child
+    process, once per cache folder, torch build and device, and a crash there is a clear error here."""
+    key = hashlib.sha256(f'{torch.__version__} {_machine(device)}'.encode()).hexdigest()[:16]
+    marker = path.parent / f'.packages-load-{key}'
+    if marker.is_file():
+        return
+    result = subprocess.run([sys.executable, '-c', _LOAD_CHECK, str(path)], capture_output=True, text=True)
+    if result.returncode < 0:  # killed by a signal; an exception (a damaged package) is handled by the caller
+        raise CompileError(f"torch {torch.__version__} crashes when it loads an AOTInductor package on {device.type} "
+                           f"(signal {-result.returncode}); run without --compile, or install the torch this "
+                           "project pins (pyproject.toml)")
+    if result.returncode == 0:
+        marker.write_text('')
 
 
 def compile_package(program: ExportedProgram, path: Path, weights: bool = True) -> None:
@@ -159,6 +183,7 @@ class CompiledWidths:
         cached = path.is_file()
         if not cached:
             compile_package(program, path, weights=False)
+        check_packages_load(path, self.device)
         try:
             runner = torch._inductor.aoti_load_package(str(path))
         except Exception:  # a damaged cache entry (a disk error, a hand-edited cache) is built again
