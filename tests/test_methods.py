@@ -109,6 +109,27 @@ def test_separate_trains_its_one_width_with_deits_loss(batch):
         torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize('method_class', [Scala, USNet])
+def test_without_always_smallest_the_narrowest_width_is_drawn_from_below_the_largest(batch, method_class):
+    images, target = batch
+    model = tiny_model(isolated_activation=method_class is Scala).train()
+    options = dict(full_warmup_epochs=0) if method_class is Scala else {}
+    narrowest = set()
+    for seed in range(12):
+        grads, calls, _ = accumulated_step(method_class(model.grid, always_smallest=False, **options), model, images,
+                                           target, seed=seed)
+        widths = [width for width, _ in calls]
+        assert widths[0] == 1.0 and widths[1:] == sorted(widths[1:], reverse=True) and widths[-1] < 1.0
+        narrowest.add(widths[-1])
+    assert len(narrowest) > 1 and 0.25 in narrowest  # the smallest is drawn sometimes, not always
+    if method_class is Scala:  # the last step's gradient: the chain runs from wide to narrow
+        loss_fns = [lambda outs, out: full_network_loss(out, target)] + [
+            (lambda i: lambda outs, out: sub_network_loss(out, detached(outs[i - 1]), target))(i) for i in (1, 2, 3)]
+        expected = gradient_of_summed_losses(model, images, widths, loss_fns)
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_bad_switches_are_refused():
     with pytest.raises(ValueError, match="transfer must be"):
         Scala(WidthGrid(), transfer='chain')

@@ -77,7 +77,7 @@ def test_an_existing_run_is_never_overwritten(folder, tmp_path, capsys):
     ('usnet', []),
     ('separate', ['--width', '0.5']),
     ('scala', ['--granularity', '1/4', '--transfer', 'full', '--sampling', 'uniform', '--no-noise-calibration',
-               '--no-isolated-activation']),
+               '--no-isolated-activation', '--no-always-smallest', '--grad-stats', '3']),
 ])
 def test_every_method_and_ablation_trains(folder, tmp_path, method, extra):
     run = tmp_path / method
@@ -88,6 +88,12 @@ def test_every_method_and_ablation_trains(folder, tmp_path, method, extra):
     if '1/4' in extra:
         assert [k for k in read_log(run)[-1] if k.startswith('top1@')] == [
             'top1@0.25', 'top1@0.5', 'top1@0.75', 'top1@1']
+        assert checkpoint['config']['always_smallest'] is False
+        # steps 1 and 4 of 3 an epoch: the warm-up epoch's one network, then the four of a step
+        rows = [json.loads(line) for line in (run / 'grad_stats.jsonl').read_text().splitlines()]
+        assert [row['step'] for row in rows] == [1, 4] and list(rows[0]['norm']) == ['full']
+        assert list(rows[1]['norm']) == ['full', 'upper', 'lower', 'smallest'] and len(rows[1]['pairs']) == 6
+        assert -1 <= rows[1]['pairs']['full|smallest']['all']['cosine'] <= 1
 
 
 def test_scala_with_a_separately_trained_teacher_on_a_distilled_model(folder, tmp_path):
@@ -116,6 +122,7 @@ def test_config_file_sets_options_and_the_command_line_wins(folder, tmp_path):
     (lambda f, t: ['--data', (t / 'no_val' / 'train').mkdir(parents=True) or t / 'no_val'], 'val does not exist'),
     (lambda f, t: ['--data', f, '--amp', 'bf16', '--device', 'cpu'], 'needs a CUDA device'),
     (lambda f, t: ['--data', f, '--granularity', '0.1'], 'not a whole number of granularity steps'),
+    (lambda f, t: ['--data', f, '--grad-stats', '0'], '--grad-stats must be at least 1'),
     (lambda f, t: ['--data', f, '--teacher', t / 'missing.pt'], 'does not exist'),
     (lambda f, t: ['--config', (t / 'c.yaml').write_text('epoch: 3') and t / 'c.yaml'], 'unknown option'),
 ])

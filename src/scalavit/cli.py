@@ -31,6 +31,8 @@ _HELP = {
     'transfer': 'progressive (l -> m_hi -> m_lo -> s) or full (the full width teaches all)',
     'sampling': 'stable (Stable Sampling) or uniform', 'noise_calibration': 'ground-truth CE for the smaller widths',
     'full_warmup_epochs': 'first epochs train only the full width, at half the learning rate',
+    'always_smallest': 'train the smallest width at every step (--no-always-smallest: drawn like the others)',
+    'grad_stats': "every N steps, each sub-network's gradient norm and the cosines between them (grad_stats.jsonl)",
     'amp': 'none, fp16 or bf16 (CUDA only)',
     'compile': 'torch.compile forward and backward, one graph per width, compiled before the first step',
     'eval_widths': 'widths evaluated after each epoch (all after the last)',

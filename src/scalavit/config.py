@@ -41,6 +41,7 @@ class TrainConfig:
     transfer: str = 'progressive'
     sampling: str = 'stable'
     noise_calibration: bool = True
+    always_smallest: bool = True  # scala, usnet: train the smallest width at every step (constant activation)
     full_warmup_epochs: int = 1
     teacher: Optional[str] = None
     # fine-tuning
@@ -60,6 +61,7 @@ class TrainConfig:
     device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
     amp: str = 'none'  # none | fp16 | bf16 (CUDA only)
     compile: bool = False  # torch.compile the training forward and backward, one graph per width
+    grad_stats: Optional[int] = None  # every N steps, the sub-networks' gradients compared (grad_stats.jsonl)
     workers: int = 1
     seed: int = 0
     eval_widths: Optional[list[float]] = None  # evaluated after every epoch; every width after the last one
@@ -100,7 +102,7 @@ class TrainConfig:
             self.output = f"runs/{self.method}-{time.strftime('%Y%m%d-%H%M%S')}"
 
     def _check_ranges(self):
-        at_least = dict(epochs=1, max_steps=1, warmup_epochs=0, full_warmup_epochs=0, workers=0)
+        at_least = dict(epochs=1, max_steps=1, warmup_epochs=0, full_warmup_epochs=0, workers=0, grad_stats=1)
         for name, low in at_least.items():
             value = getattr(self, name)
             if value is not None and value < low:

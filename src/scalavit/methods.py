@@ -25,6 +25,8 @@ class Scala:
     sampling: 'stable' (one width from each half of the grid) or 'uniform' (both from all intermediate widths).
     noise_calibration: add ground-truth cross-entropy to the smaller networks' distillation loss.
     full_warmup_epochs: epochs at the start that train only the full network, at half the learning rate.
+    always_smallest: the smallest width at every step (constant activation); if False, the third sub-network is drawn
+    from every width below the largest, and the three are taught in order of width.
     """
 
     grid: WidthGrid
@@ -32,6 +34,7 @@ class Scala:
     sampling: str = 'stable'
     noise_calibration: bool = True
     full_warmup_epochs: int = 10
+    always_smallest: bool = True
 
     def __post_init__(self):
         if self.transfer not in ('progressive', 'full'):
@@ -49,9 +52,10 @@ class Scala:
         full, losses = _run_full(run, self.grid.largest, target, teacher_logits, last=warmup)
         if warmup:
             return losses
-        upper, lower = self.grid.sample(generator, stable=self.sampling == 'stable')
+        widths = sorted((*self.grid.sample(generator, stable=self.sampling == 'stable'),
+                         self.grid.narrow(generator, self.always_smallest)), reverse=True)
         teacher = full
-        for name, width in (('upper', upper), ('lower', lower), ('smallest', self.grid.smallest)):
+        for name, width in zip(('upper', 'lower', 'smallest'), widths):
             output, losses[f'loss_{name}'] = run(
                 width, lambda out: sub_network_loss(out, teacher, target, self.noise_calibration), name == 'smallest')
             losses[f'width_{name}'] = width
@@ -63,9 +67,11 @@ class Scala:
 @dataclass
 class USNet:
     """Universally slimmable networks: the sandwich rule (largest, two random widths, smallest) with in-place
-    distillation (the largest learns from labels, every other width only from the largest's output)."""
+    distillation (the largest learns from labels, every other width only from the largest's output).
+    ``always_smallest=False`` draws the third width from every width below the largest instead."""
 
     grid: WidthGrid
+    always_smallest: bool = True
 
     def lr_scale(self, epoch: int) -> float:
         return 1.0
@@ -73,8 +79,9 @@ class USNet:
     def step(self, run: Run, target: torch.Tensor, epoch: int, generator: torch.Generator,
              teacher_logits: Optional[torch.Tensor] = None) -> dict[str, float]:
         full, losses = _run_full(run, self.grid.largest, target, teacher_logits, last=False)
-        first, second = self.grid.sample(generator, stable=False)
-        for name, width in (('random1', first), ('random2', second), ('smallest', self.grid.smallest)):
+        widths = sorted((*self.grid.sample(generator, stable=False), self.grid.narrow(generator, self.always_smallest)),
+                        reverse=True)
+        for name, width in zip(('random1', 'random2', 'smallest'), widths):
             _, losses[f'loss_{name}'] = run(
                 width, lambda out: kl_divergence(transfer_head(out), transfer_head(full)), name == 'smallest')
             losses[f'width_{name}'] = width

@@ -49,7 +49,7 @@ def check_output(output: Path, resume: Optional[str]) -> None:
                                   "an empty one")
 
 
-RUN_FILES = ('config.json', 'log.jsonl', 'log.csv', 'last.pt', 'best.pt')
+RUN_FILES = ('config.json', 'log.jsonl', 'log.csv', 'last.pt', 'best.pt', 'grad_stats.jsonl')
 
 
 def remove_stale_temporaries(output: Path) -> None:

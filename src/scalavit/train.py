@@ -30,6 +30,7 @@ from tqdm import tqdm
 from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights,
                          random_states, save_atomically, set_random_states)
 from .compiled import check_can_compile, compile_for_training
+from .gradstats import GradientStats
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .files import write_text_atomically
@@ -70,9 +71,10 @@ def setup_distributed(device: str) -> Distributed:
 def build_method(config: TrainConfig):
     grid = WidthGrid(config.smallest, config.largest, config.granularity)
     if config.method == 'scala':
-        return Scala(grid, config.transfer, config.sampling, config.noise_calibration, config.full_warmup_epochs)
+        return Scala(grid, config.transfer, config.sampling, config.noise_calibration, config.full_warmup_epochs,
+                     config.always_smallest)
     if config.method == 'usnet':
-        return USNet(grid)
+        return USNet(grid, config.always_smallest)
     return Separate()
 
 
@@ -170,6 +172,7 @@ class Trainer:
                            num_classes=len(self.classes)) if config.mixup > 0 or config.cutmix > 0 else None
         self.width_generator = torch.Generator().manual_seed(config.seed)
         self.epoch, self.step, self.best, self.log_rows = 0, 0, -1.0, []
+        self.grad_stats = self._gradient_stats()
         if resume_checkpoint is not None:
             self._restore(resume_checkpoint)
         self.train_model = self.model
@@ -198,6 +201,13 @@ class Trainer:
                 checkpoint['log'] = read_log(run_directory(resume), checkpoint['epoch'])
             return checkpoint
         return None
+
+    def _gradient_stats(self) -> Optional[GradientStats]:
+        if not self.config.grad_stats:
+            return None
+        if self.ddp.enabled:
+            raise ValueError("--grad-stats compares the gradients of one process; run it without torchrun")
+        return GradientStats(self.model, self.output / 'grad_stats.jsonl', self.scaler.get_scale)
 
     def _say(self, line: str) -> None:
         if self.ddp.is_main:
@@ -238,6 +248,8 @@ class Trainer:
         self.log_rows = list(checkpoint['log'])
         self.width_generator.set_state(checkpoint['random_states']['widths'])
         set_random_states(checkpoint['random_states'])
+        if self.grad_stats is not None:
+            self.grad_stats.resume(self.step)
 
     # the loop
 
@@ -266,6 +278,8 @@ class Trainer:
             if self.ddp.is_main:
                 self._save(score)
                 log.write(self.log_rows)
+                if self.grad_stats is not None:
+                    self.grad_stats.save()
         if self.ddp.enabled:
             dist.destroy_process_group()
         return row
@@ -280,10 +294,14 @@ class Trainer:
         quarter_points = {min(grid.widths, key=lambda w: abs(w - q)) for q in (0.25, 0.5, 0.75, 1.0)}
         return sorted(quarter_points | {grid.smallest, grid.largest})
 
+    def _loss_names(self) -> list[str]:
+        """The sub-networks of a step, in the order the method runs them."""
+        return {'scala': ['full', 'upper', 'lower', 'smallest'], 'usnet': ['full', 'random1', 'random2', 'smallest'],
+                'separate': ['full']}[self.config.method]
+
     def _log_columns(self) -> list[str]:
-        losses = {'scala': ['full', 'upper', 'lower', 'smallest'], 'usnet': ['full', 'random1', 'random2', 'smallest'],
-                  'separate': ['full']}[self.config.method]
-        return (['epoch', 'step', 'lr'] + [f'loss_{name}' for name in losses] + [width_key(w) for w in self.model.widths]
+        return (['epoch', 'step', 'lr'] + [f'loss_{name}' for name in self._loss_names()]
+                + [width_key(w) for w in self.model.widths]
                 + ['skipped_images', 'images_per_s', 'time_s', 'ranks_in_sync'])
 
     def _train_epoch(self) -> dict:
@@ -334,7 +352,12 @@ class Trainer:
                 teacher_logits = self.teacher(images)
         self.optimizer.zero_grad(set_to_none=True)
         run = SubNetworkPasses(self.train_model, images, self.autocast, self.scaler)
+        recording = self.grad_stats is not None and self.step % config.grad_stats == 0
+        if recording:
+            run = self.grad_stats.recording(run, self._loss_names())
         losses = self.method.step(run, targets, self.epoch, self.width_generator, teacher_logits)
+        if recording:
+            self.grad_stats.record(self.step + 1, self.epoch)
         if config.clip_grad:
             self.scaler.unscale_(self.optimizer)
             # The norm before clipping; inf or nan on an fp16 step that overflowed (the scaler then skips it).

@@ -65,8 +65,17 @@ class WidthGrid:
             upper, lower = self.stable_bins()
         else:
             upper = lower = self.intermediate
-        high, low = (bin_[int(torch.randint(len(bin_), (1,), generator=generator))] for bin_ in (upper, lower))
+        high, low = (_draw(bin_, generator) for bin_ in (upper, lower))
         return max(high, low), min(high, low)
+
+    def narrow(self, generator: torch.Generator, always_smallest: bool = True) -> float:
+        """The step's narrowest sub-network: the smallest width (the sandwich rule's constant activation), or, when
+        not ``always_smallest``, a width drawn uniformly from every width below the largest, the smallest among them."""
+        return self.smallest if always_smallest else _draw(self.widths[:-1], generator)
+
+
+def _draw(widths: tuple[float, ...], generator: torch.Generator) -> float:
+    return widths[int(torch.randint(len(widths), (1,), generator=generator))]
 
 
 def check_is_number(width, widths: list[float]) -> None:
