@@ -11,82 +11,37 @@ trained on the first half (the source); on the second half, at the same epoch bu
 
 A stopped study continues where it stopped: finished runs are reused, interrupted ones resumed.
 """
-import argparse
-import json
 import sys
 from pathlib import Path
 
-import matplotlib
-import torch
-from PIL import Image
 
-matplotlib.use('Agg')
-import matplotlib.pyplot as plt  # noqa: E402
-
-from scalavit.data import FashionMNIST, read_fashion_mnist  # noqa: E402
-from scalavit.evaluate import cpu_name  # noqa: E402
-from scalavit.files import write_atomically, write_text_atomically  # noqa: E402
-from scalavit.model import FASHION_MODEL  # noqa: E402
+from scalavit.data import FashionMNIST
+from scalavit.files import write_text_atomically
+from scalavit.model import FASHION_MODEL
 
 sys.path.insert(0, str(Path(__file__).parent))
-from paper_table import Timings, markdown_table, train_once  # noqa: E402
+from study import (Timings, command_line, fashion_subset, last_row, machine_line, markdown_table,  # noqa: E402
+                   plot_curves, study_arguments, train_once)
 
 HALVES = {'source': range(0, 5), 'target': range(5, 10)}
 SEPARATE_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 TABLE_WIDTHS = (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0)
 
 
-def write_half(root: Path, labels: range, per_class: int, val_per_class: int) -> Path:
-    """An image folder of the Fashion-MNIST classes ``labels``: train/ from the training split, val/ from the test
-    split (written once; a finished folder is reused)."""
-    if (root / 'done').is_file():
-        return root
-    for split, source, count in (('train', 'train', per_class), ('val', 'test', val_per_class)):
-        images, targets = read_fashion_mnist(source)
-        for label in labels:
-            folder = root / split / FashionMNIST.classes[label].replace('/', '-')
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, index in enumerate(torch.nonzero(targets == label).flatten()[:count].tolist()):
-                Image.fromarray(images[index].numpy(), 'L').save(folder / f'{i}.png')
-    (root / 'done').write_text('')
-    return root
-
-
-def last_row(run: Path) -> dict:
-    return json.loads((run / 'log.jsonl').read_text().splitlines()[-1])
-
-
 def accuracy(run: Path, width: float) -> float:
     return last_row(run)[f'top1@{width:g}']
 
 
-def plot(curves: dict[str, dict[float, float]], path: Path) -> None:
-    figure, axes = plt.subplots(figsize=(6.5, 4.2))
-    for name, points in curves.items():
-        widths = sorted(points)
-        axes.plot(widths, [points[w] for w in widths], marker='o', label=name)
-    axes.set_xlabel('width ratio r')
-    axes.set_ylabel('top-1 on the target classes (%)')
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    write_atomically(path, lambda tmp: figure.savefig(tmp, format='png', dpi=110))
-    plt.close(figure)
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = study_arguments(__doc__.split('\n\n')[0], 'runs/transfer', 'docs/transfer.md')
     parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run')
     parser.add_argument('--per-class', type=int, default=6000, help='training images a class (6,000: all)')
-    parser.add_argument('--quick', action='store_true', help='3 steps a run and a report elsewhere')
-    parser.add_argument('--output', type=Path, default=Path('runs/transfer'))
-    parser.add_argument('--doc', type=Path, default=Path('docs/transfer.md'))
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
     if args.quick:  # never mixes with, or overwrites, the real study
         args.output = args.output.with_name(args.output.name + '_quick')
         args.doc, args.per_class = args.output / 'transfer.md', 20
-    data = {half: write_half(args.output / f'data_{half}', labels, args.per_class, 20 if args.quick else 1000)
+    data = {half: fashion_subset(args.output / f'data_{half}', args.per_class, 20 if args.quick else 1000, labels)
             for half, labels in HALVES.items()}
     common = dict(model=FASHION_MODEL, epochs=args.epochs, seed=args.seed, workers=1,
                   **(dict(max_steps=3, batch_size=16) if args.quick else {}))
@@ -111,13 +66,13 @@ def main() -> None:
             for name, points in curves.items()]
     figure = args.doc.parent / 'transfer_top1_by_width.png'
     args.doc.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, figure)
+    plot_curves(curves, figure, 'width ratio r', 'top-1 on the target classes (%)')
     minutes = {name: timings.seconds.get(f'train {name}', 0) / 60 for name in
                ['source Scala', *runs, *(f'ST {w}' for w in SEPARATE_WIDTHS)]}
-    command = 'python benchmarks/transfer.py' + ''.join(f' {a}' for a in sys.argv[1:])
+    command = command_line('transfer.py')
     text = f"""# Transfer: Scala trained on five classes, moved to the other five
 
-`{command}`, seed {args.seed}, on {cpu_name()} with {torch.get_num_threads()} threads (torch {torch.__version__});
+`{command}`, seed {args.seed}, on {machine_line()};
 {timings.total_hours() * 60:.0f} minutes of training in all{' (3 steps a run: a pipeline check, not a result)'
                                                          if args.quick else ''}.
 

@@ -1,0 +1,238 @@
+"""What the studies under benchmarks/ share: runs trained once and reused, the time each stage took, the data they
+train on, and the pieces of the pages they write.
+
+A run is named, and lives in ``<output>/<name>``; a study that asks for a run that is already trained reuses it, one
+that was interrupted is resumed, and a name that holds a run of another configuration is refused. So a stopped study
+continues where it stopped, and studies sharing an output folder share the runs they have in common.
+"""
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+import torch
+from PIL import Image
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+from scalavit.data import FashionMNIST, read_fashion_mnist  # noqa: E402
+from scalavit.evaluate import cpu_name, evaluate  # noqa: E402
+from scalavit.files import write_atomically, write_text_atomically  # noqa: E402
+from scalavit.model import FASHION_MODEL  # noqa: E402
+from scalavit.report import read_report, write_report  # noqa: E402
+from scalavit.train import TrainConfig, train  # noqa: E402
+
+# A run's name holds its budget and seed, so what may differ when it is reused is only where it is and --quick's cap.
+_MAY_DIFFER = {'output', 'max_steps'}
+DISTILLED_MODEL = 'scala_vit_mini_distilled_patch7_28'
+GRAD_STATS_EVERY = 50  # every Scala and US-Net run records its gradients this often, for grad_interference.py
+
+
+class Timings:
+    """Seconds each stage of the study took, kept in a file so that a continued study adds to them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.seconds = json.loads(path.read_text()) if path.is_file() else {}
+
+    def record(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = round(seconds, 1)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomically(self.path, json.dumps(self.seconds, indent=2) + '\n')
+
+    def total_hours(self, stages=None) -> float:
+        return sum(s for stage, s in self.seconds.items() if stages is None or stage in stages) / 3600
+
+    def minutes(self, kind: str) -> float:
+        """Minutes of all the stages of one kind: 'train' or 'eval'."""
+        return sum(s for stage, s in self.seconds.items() if stage.startswith(kind + ' ')) / 60
+
+
+def run_dir(root: Path, name: str) -> Path:
+    return root / name.replace('/', '').replace(' ', '_').replace('.', '').replace('+', 'plus')
+
+
+def _check_same_run(output: Path, config: TrainConfig) -> None:
+    saved_file = output / 'config.json'
+    if not saved_file.is_file():
+        return
+    saved, asked = json.loads(saved_file.read_text()), json.loads(json.dumps(dataclasses.asdict(config)))
+    for field in dataclasses.fields(TrainConfig):  # an option added since that run was made had its default there
+        saved.setdefault(field.name, json.loads(json.dumps(field.default)))
+    differ = [key for key in asked if key not in _MAY_DIFFER and saved[key] != asked[key]]
+    if differ:
+        key = differ[0]
+        sys.exit(f"{output} holds a run with {key}={saved.get(key)!r}, this study asks for {asked[key]!r}; "
+                 "remove that folder or give the study another --output")
+
+
+def train_once(root: Path, timings: Timings, name: str, common: dict, **options) -> Path:
+    """Train, or continue an interrupted run, or skip a finished one."""
+    output = run_dir(root, name)
+    config = TrainConfig(output=str(output), **{**common, **options})
+    _check_same_run(output, config)
+    resume = None
+    if (output / 'last.pt').exists():
+        checkpoint = torch.load(output / 'last.pt', weights_only=False)
+        if checkpoint['epoch'] >= config.epochs or checkpoint['step'] >= (config.max_steps or float('inf')):
+            print(f"[{name}] already trained in {output}")
+            return output
+        resume = str(output)
+    elif output.is_dir() and any(output.iterdir()):
+        resume = str(output)  # stopped before its first checkpoint: starts again in its own directory
+    start = time.perf_counter()
+    train(config, resume=resume)
+    earlier = timings.seconds.get(f'train {name}', 0) if resume else 0  # a run continued with a larger budget
+    seconds = earlier + time.perf_counter() - start
+    timings.record(f'train {name}', seconds)
+    print(f"[{name}] trained in {seconds:.0f} s", flush=True)
+    return output
+
+
+@dataclass
+class Runs:
+    """The runs of the studies, by what they are: each method's run of a budget and seed is trained once, under one
+    name, and every study that needs it gets the same folder."""
+
+    root: Path
+    timings: Timings
+    common: dict  # the options every run shares (the data, the loader, --quick's cap)
+
+    def train(self, name: str, **options) -> Path:
+        return train_once(self.root, self.timings, name, self.common, **options)
+
+    def teacher(self, epochs: int) -> Path:
+        """The separate full-width model that teaches Scala and ST+KD (seed 0)."""
+        return self.train(f'teacher {epochs}ep', method='separate', width=1.0, model=FASHION_MODEL, epochs=epochs,
+                          seed=0) / 'last.pt'
+
+    def separate(self, width: float, epochs: int, seed: int = 0, teacher_epochs: int = None) -> Path:
+        """Separate Training at ``width``; with ``teacher_epochs``, ST+KD: taught by that teacher (DeiT's hard
+        distillation, on the distilled model)."""
+        if teacher_epochs is None:
+            return self.train(f'ST {width} {epochs}ep s{seed}', method='separate', width=width, model=FASHION_MODEL,
+                              epochs=epochs, seed=seed)
+        return self.train(f'ST+KD {width} {epochs}ep s{seed} t{teacher_epochs}', method='separate', width=width,
+                          model=DISTILLED_MODEL, teacher=str(self.teacher(teacher_epochs)), epochs=epochs, seed=seed)
+
+    def scala(self, epochs: int, teacher_epochs: int, seed: int = 0, label: str = 'Scala', **options) -> Path:
+        """Scala (or, with ``options``, a variant named ``label``) on the distilled model, taught by the teacher."""
+        return self.train(f'{label} {epochs}ep s{seed} t{teacher_epochs}', method='scala', model=DISTILLED_MODEL,
+                          teacher=str(self.teacher(teacher_epochs)), epochs=epochs, seed=seed,
+                          grad_stats=GRAD_STATS_EVERY, **options)
+
+    def usnet(self, epochs: int, seed: int = 0, label: str = 'US-Net', **options) -> Path:
+        return self.train(f'{label} {epochs}ep s{seed}', method='usnet', model=FASHION_MODEL, epochs=epochs,
+                          seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
+
+
+def evaluate_once(paths: list[Path], output: Path, timings: Timings, name: str, latency_repeats: int) -> list[dict]:
+    """Every width of the run, or the report already written for these checkpoints."""
+    report_file = output / 'results.json'
+    if f'eval {name}' in timings.seconds and report_file.is_file() and all(
+            report_file.stat().st_mtime > (p / 'last.pt').stat().st_mtime for p in paths):
+        print(f"[{name}] already evaluated in {output}")
+        return read_report(output)['rows']
+    start = time.perf_counter()
+    report = evaluate([str(p) for p in paths], workers=1, latency_repeats=latency_repeats)
+    write_report(report, output, name)
+    timings.record(f'eval {name}', time.perf_counter() - start)
+    return report['rows']
+
+
+def last_row(run: Path) -> dict:
+    """The run's last log row: its losses, and the test top-1 of every width after its last epoch."""
+    return json.loads((run / 'log.jsonl').read_text().splitlines()[-1])
+
+
+def accuracies(run: Path, widths) -> list[float]:
+    row = last_row(run)
+    return [row[f'top1@{w:g}'] for w in widths]
+
+
+def top1(rows: list[dict], widths) -> list[float]:
+    by_width = {round(r['width'], 6): r['top1'] for r in rows}
+    return [by_width[round(w, 6)] for w in widths]
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    return '\n'.join(lines + ['| ' + ' | '.join(row) + ' |' for row in rows])
+
+
+def signed(values) -> list[str]:
+    return [f'{v:+.1f}' for v in values]
+
+
+def differences(a, b) -> list[float]:
+    return [x - y for x, y in zip(a, b)]
+
+
+def plot_curves(curves: dict[str, dict[float, float]], path: Path, xlabel: str, ylabel: str,
+                title: str = '') -> None:
+    """One line per curve, ``{x: y}``, written atomically as a PNG."""
+    figure, axes = plt.subplots(figsize=(6.5, 4.2))
+    for name, points in curves.items():
+        xs = sorted(points)
+        axes.plot(xs, [points[x] for x in xs], marker='o', label=name)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if title:
+        axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: figure.savefig(tmp, format='png', dpi=110))
+    plt.close(figure)
+
+
+def fashion_subset(root: Path, per_class: int, val_per_class: int, labels=range(10)) -> Path:
+    """An image folder of the Fashion-MNIST classes ``labels``: ``per_class`` training images of each from the
+    training split, ``val_per_class`` from the test split (written once; a finished folder is reused)."""
+    if (root / 'done').is_file():
+        return root
+    for split, source, count in (('train', 'train', per_class), ('val', 'test', val_per_class)):
+        images, targets = read_fashion_mnist(source)
+        for label in labels:
+            folder = root / split / FashionMNIST.classes[label].replace('/', '-')
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, index in enumerate(torch.nonzero(targets == label).flatten()[:count].tolist()):
+                Image.fromarray(images[index].numpy(), 'L').save(folder / f'{i}.png')
+    (root / 'done').write_text('')
+    return root
+
+
+def study_arguments(description: str, output: str, doc: str) -> argparse.ArgumentParser:
+    """The options every study has: --quick, --output, --doc."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--quick', action='store_true',
+                        help='3 steps a run on a few images, the page written beside the runs: checks the pipeline')
+    parser.add_argument('--output', type=Path, default=Path(output), help='where the runs are (shared by studies)')
+    parser.add_argument('--doc', type=Path, default=Path(doc))
+    return parser
+
+
+def quick_setup(args: argparse.Namespace) -> dict:
+    """The training options every run of a study shares; under --quick the runs and the page go to
+    ``<output>_quick`` and train 3 steps on a small image folder, never touching the real study."""
+    common = dict(workers=1)
+    if args.quick:
+        args.output = args.output.with_name(args.output.name + '_quick')
+        args.doc = args.output / args.doc.name
+        data = fashion_subset(args.output / 'data', per_class=8, val_per_class=4)
+        common.update(data=str(data), max_steps=3, batch_size=16, full_warmup_epochs=0)
+    return common
+
+
+def command_line(script: str) -> str:
+    return f'python benchmarks/{script}' + ''.join(f' {a}' for a in sys.argv[1:])
+
+
+def machine_line() -> str:
+    return f"{cpu_name()} with {torch.get_num_threads()} threads (torch {torch.__version__})"
