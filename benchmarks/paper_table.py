@@ -22,6 +22,7 @@ from scalavit.model import FASHION_MODEL
 from scalavit.report import plot
 
 sys.path.insert(0, str(Path(__file__).parent))
+import study  # noqa: E402
 from study import (DISTILLED_MODEL, Runs, Timings, command_line, differences, evaluate_once,  # noqa: E402
                    last_row, machine_line, markdown_table, quick_setup, run_dir, signed, study_arguments, top1)
 
@@ -98,7 +99,7 @@ def claims_section(comparison: Comparison) -> str:
     rows, lines = [], []
     for a, b, what in (('Scala', 'Separate Training', 'Scala above Separate Training'),
                        ('Scala', 'ST+KD', 'Scala above ST+KD'),
-                       ('ST+KD', 'Separate Training', 'ST+KD above Separate Training (the teacher helps a separate model)'),
+                       ('ST+KD', 'Separate Training', 'ST+KD above Separate Training (a teacher helps a separate model)'),
                        ('Scala', 'US-Net', 'Scala above US-Net')):
         measured = comparison.claim(a, b)
         paper = differences(PAPER[a], PAPER[b])
@@ -149,7 +150,8 @@ smallest; rank 1 is the component whose removal costs most:
 Scala's two seeds differ by {seed_noise:.2f} points in this mean, so a drop smaller than that is not a finding:
 {', '.join(clear) or 'none'} {'exceeds' if len(clear) == 1 else 'exceed'} it. The order of the ablations
 {'matches' if [rank[n] for n in drops] == [paper_rank[n] for n in drops] else 'does not match'} the paper's (ours, most
-costly first: {', '.join(sorted(drops, key=rank.get))}; the paper: {', '.join(sorted(paper_drops, key=paper_rank.get))})."""
+costly first: {', '.join(sorted(drops, key=rank.get))}; the paper:
+{', '.join(sorted(paper_drops, key=paper_rank.get))})."""
 
 
 def cost_section(timings: Timings, epochs: int, teacher_epochs: int, runs: dict[str, list[str]]) -> str:
@@ -166,12 +168,10 @@ for Separate Training, which the paper's 123 h counts at 13 widths). The teacher
 
 def main():
     parser = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/RESULTS.md')
-    parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run but the teacher')
-    parser.add_argument('--teacher-epochs', type=int, help="the teacher's budget (default: 3x --epochs)")
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1], help='seeds of ST, US-Net and Scala')
     args = parser.parse_args()
     common = quick_setup(args)
-    epochs, teacher_epochs = args.epochs, args.teacher_epochs or 3 * args.epochs
+    epochs, teacher_epochs = args.epochs, study.teacher_epochs(args)
     timings = Timings(args.output / 'timings.json')
     runs = Runs(args.output, timings, common)
     latency_repeats = 3 if args.quick else 30

@@ -106,6 +106,11 @@ class Runs:
     def train(self, name: str, **options) -> Path:
         return train_once(self.root, self.timings, name, self.common, **options)
 
+    def minutes(self, run: Path) -> float:
+        """How long ``run`` trained (its own stage in the timings: the run's folder is its name)."""
+        return next((seconds / 60 for stage, seconds in self.timings.seconds.items()
+                     if stage.startswith('train ') and run_dir(self.root, stage[6:]) == run), float('nan'))
+
     def teacher(self, epochs: int) -> Path:
         """The separate full-width model that teaches Scala and ST+KD (seed 0)."""
         return self.train(f'teacher {epochs}ep', method='separate', width=1.0, model=FASHION_MODEL, epochs=epochs,
@@ -125,6 +130,17 @@ class Runs:
         return self.train(f'{label} {epochs}ep s{seed} t{teacher_epochs}', method='scala', model=DISTILLED_MODEL,
                           teacher=str(self.teacher(teacher_epochs)), epochs=epochs, seed=seed,
                           grad_stats=GRAD_STATS_EVERY, **options)
+
+    def seed_note(self, epochs: int, teacher_epochs: int, widths) -> str:
+        """What two seeds of Scala differ by (paper_table.py trains them), the yardstick of every difference."""
+        logs = [run_dir(self.root, f'Scala {epochs}ep s{seed} t{teacher_epochs}') / 'log.jsonl' for seed in (0, 1)]
+        if not all(log.is_file() for log in logs):
+            return 'The seed-to-seed spread of Scala is measured by paper_table.py, not run yet for this budget.'
+        seeds = [accuracies(log.parent, widths) for log in logs]
+        gaps = [abs(a - b) for a, b in zip(*seeds)]
+        mean_gap = abs(sum(seeds[0]) - sum(seeds[1])) / len(widths)
+        return (f'Two seeds of Scala (paper_table.py) differ by up to {max(gaps):.2f} points at one of these widths '
+                f'and by {mean_gap:.2f} in their mean: smaller differences are not findings.')
 
     def usnet(self, epochs: int, seed: int = 0, label: str = 'US-Net', **options) -> Path:
         return self.train(f'{label} {epochs}ep s{seed}', method='usnet', model=FASHION_MODEL, epochs=epochs,
@@ -209,13 +225,20 @@ def fashion_subset(root: Path, per_class: int, val_per_class: int, labels=range(
 
 
 def study_arguments(description: str, output: str, doc: str) -> argparse.ArgumentParser:
-    """The options every study has: --quick, --output, --doc."""
+    """The options every study has: --quick, --output, --doc, --epochs, --teacher-epochs."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--quick', action='store_true',
                         help='3 steps a run on a few images, the page written beside the runs: checks the pipeline')
     parser.add_argument('--output', type=Path, default=Path(output), help='where the runs are (shared by studies)')
     parser.add_argument('--doc', type=Path, default=Path(doc))
+    parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run but the teacher')
+    parser.add_argument('--teacher-epochs', type=int, help="the teacher's budget (default: 3x --epochs)")
     return parser
+
+
+def teacher_epochs(args: argparse.Namespace, epochs: int = None) -> int:
+    """The teacher's budget: --teacher-epochs, else three times the students' (the paper: 300 against 100)."""
+    return args.teacher_epochs or 3 * (epochs or args.epochs)
 
 
 def quick_setup(args: argparse.Namespace) -> dict:
@@ -236,3 +259,39 @@ def command_line(script: str) -> str:
 
 def machine_line() -> str:
     return f"{cpu_name()} with {torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def run_summary(root: Path) -> str:
+    """Every finished run under ``root``: what it is, how long it trained, and its test top-1 at the quarter widths."""
+    timings = Timings(root / 'timings.json')
+    defaults = {field.name: json.loads(json.dumps(field.default)) for field in dataclasses.fields(TrainConfig)}
+    shown = ('method', 'model', 'epochs', 'seed', 'width', 'smallest', 'granularity', 'teacher')
+    rows = []
+    for log in sorted(root.glob('*/log.jsonl')):
+        config = json.loads((log.parent / 'config.json').read_text())
+        if config.get('max_steps') is None and last_row(log.parent).get('epoch') != config['epochs']:
+            continue  # still training
+        changed = [f'{k}={v}' for k, v in config.items() if k not in shown + ('output', 'data', 'workers', 'max_steps',
+                                                                                 'grad_stats') and v != defaults.get(k)]
+        row = last_row(log.parent)
+        seconds = timings.seconds.get(next((s for s in timings.seconds if s.startswith('train ') and
+                                            run_dir(root, s[6:]) == log.parent), ''), float('nan'))
+        widths = [w for w in (0.25, 0.5, 0.75, 1.0) if f'top1@{w:g}' in row]
+        top1 = ' / '.join(f"{w:g}: {row[f'top1@{w:g}']:.2f}" for w in widths)
+        rows.append([log.parent.name, config['method'], str(config['epochs']), str(config['seed']),
+                     Path(config['teacher']).parent.name if config.get('teacher') else '', ' '.join(changed),
+                     f'{seconds / 60:.1f}', top1])
+    return markdown_table(['run', 'method', 'epochs', 'seed', 'teacher', 'options', 'minutes', 'top-1 (%)'], rows)
+
+
+if __name__ == '__main__':
+    parser = argparse.ArgumentParser(description='Every finished run of the studies, as a markdown table: the record '
+                                                 'kept while they run')
+    parser.add_argument('--output', type=Path, default=Path('runs/studies'))
+    parser.add_argument('--doc', type=Path, default=Path('docs/study_runs.md'))
+    args = parser.parse_args()
+    text = (f"# The studies' runs\n\n`python benchmarks/study.py`: every finished run under `{args.output}` (the "
+            f"runs the study pages are made of), on {machine_line()}. Test top-1 after the last epoch, on the "
+            f"10,000 Fashion-MNIST test images for the built-in data.\n\n{run_summary(args.output)}\n")
+    write_text_atomically(args.doc, text)
+    print(text)

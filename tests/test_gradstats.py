@@ -47,7 +47,8 @@ def test_each_pass_gets_its_own_gradient_and_pairs_compare_the_weights_both_use(
     b = torch.cat([g[m].double() for g, m in zip(small_grads, both)])
     pair = row['pairs']['full|smallest']['all']
     assert abs(pair['cosine'] - float(a @ b / (a.norm() * b.norm()))) < 1e-9
-    assert abs(pair['norm_b'] - float(b.norm())) < 1e-6 * float(b.norm()) and pair['norm_b'] < row['norm']['smallest'] * 1.0001
+    assert abs(pair['norm_b'] - float(b.norm())) < 1e-6 * float(b.norm())
+    assert pair['norm_b'] <= row['norm']['smallest'] * (1 + 1e-9)  # a part of its whole gradient
     groups = row['pairs']['full|smallest']['groups']
     assert list(groups) == ['embed', 'block0', 'block1', 'head']
     assert all(-1 <= g['cosine'] <= 1 for g in groups.values())

@@ -131,7 +131,8 @@ def compile_for_training(module: nn.Module, widths: tuple[float, ...], example: 
 
     Dynamo specialises on the width, so each width is one graph and none recompiles another (the recompile limit is
     raised to hold them all). Random ops draw as in eager mode (inductor's ``fallback_random``), so a compiled run's
-    losses are the eager run's up to float summation order; the warm-up passes leave no gradient and draw nothing from the run's generators.
+    losses are the eager run's up to float summation order; the warm-up passes leave no gradient and draw nothing
+    from the run's generators.
     """
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(widths) + 8)
     torch._inductor.config.fallback_random = True

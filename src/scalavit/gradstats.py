@@ -1,8 +1,8 @@
 """How the sub-networks of one training step pull on the weights they share (``scalavit train --grad-stats N``).
 
 Every N steps, each sub-network's own gradient is kept (what its backward pass added to ``.grad``), and the step adds
-one row to ``grad_stats.jsonl`` (rewritten whole with the run's log, so a resumed run repeats no row): each sub-network's gradient norm, and for each pair the cosine similarity of their
-gradients on the weights both use, with both norms there, over the whole model and per group of weights (the
+one row to ``grad_stats.jsonl`` (rewritten whole with the run's log, so a resumed run repeats no row): each
+sub-network's gradient norm, and for each pair the cosine similarity of their gradients on the weights both use, with both norms there, over the whole model and per group of weights (the
 embedding, each block, the head). A width's weights are where its gradient is non-zero: its channel slice.
 """
 import itertools

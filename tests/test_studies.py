@@ -1,0 +1,86 @@
+"""The studies of benchmarks/ (--quick): each trains its runs on a few steps, shares them with the others, and
+writes its page."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[1] / 'benchmarks'
+
+
+@pytest.fixture(scope='module')
+def output(tmp_path_factory):
+    return tmp_path_factory.mktemp('studies') / 'runs'
+
+
+def study(name: str, output: Path, *args: str) -> tuple[str, str]:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / f'{name}.py'), '--quick', '--output', str(output), *args],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = output.with_name(output.name + '_quick') / f'{name}.md'
+    return result.stdout, page.read_text()
+
+
+def config(output: Path, run: str) -> dict:
+    return json.loads((output.with_name(output.name + '_quick') / run / 'config.json').read_text())
+
+
+def cells(page: str, first: str) -> list[str]:
+    return next(line for line in page.splitlines() if line.startswith(f'| {first} |')).split(' | ')
+
+
+def test_constant_activation_trains_each_variant_without_the_smallest_at_every_step(output):
+    _, page = study('constant_activation', output)
+    assert config(output, 'Scala_wo_CA_5ep_s0_t15')['always_smallest'] is False
+    assert config(output, 'Scala_wo_IA_wo_CA_5ep_s0_t15')['isolated_activation'] is False
+    assert config(output, 'US-Net_wo_CA_5ep_s0')['method'] == 'usnet'
+    for run in ('Scala', 'Scala w/o CA', 'Scala w/o IA', 'Scala w/o IA w/o CA', 'US-Net', 'US-Net w/o CA'):
+        assert len(cells(page, run)) == 1 + 13 + 2  # every width, the mean, the minutes
+    assert '| US-Net → US-Net w/o CA |' in page
+
+
+def test_granularity_trains_four_grids_and_gives_each_its_expected_epochs(output):
+    stdout, page = study('granularity', output)
+    assert '[Scala 5ep s0 t15] already trained' in stdout  # shared with the study before
+    assert config(output, 'Scala_grid_1-32_5ep_s0_t15')['granularity'] == 1 / 32
+    assert [cells(page, g)[1:3] for g in ('1/4', '1/8', '1/16', '1/32')] == [
+        ['4', '5.00'], ['7', '2.00'], ['13', '0.91'], ['25', '0.43']]
+
+
+def test_slicing_bound_trains_each_smallest_width(output):
+    _, page = study('slicing_bound', output)
+    assert config(output, 'Scala_smallest_0125_5ep_s0_t15')['smallest'] == 0.125
+    assert cells(page, '0.125')[1] == '15' and cells(page, '0.5')[1] == '9'
+    assert '| 0.5 | 9 | | | | | | |' not in page  # the 0.5 run has no width below 0.5, and says so with blanks
+
+
+def test_grad_interference_reads_the_gradients_the_scala_runs_recorded(output):
+    stdout, page = study('grad_interference', output)
+    assert '] trained in' not in stdout  # both runs were trained by the studies before
+    for pair in ('full and upper', 'full and smallest', 'lower and smallest'):
+        assert f'| {pair} |' in page
+    assert '| block0 |' in page and '| head |' in page
+    root = output.with_name(output.name + '_quick')
+    assert (root / 'grad_interference_cosine.png').read_bytes()[:4] == b'\x89PNG'
+
+
+def test_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reused(output):
+    _, page = study('regime', output, '--budgets', '5', '10')
+    assert config(output, 'Scala_10ep_s0_t30')['teacher'].endswith('teacher_30ep/last.pt')
+    assert config(output, 'STplusKD_025_10ep_s0_t30')['epochs'] == 10
+    assert cells(page, '5')[0] == '| 5' and cells(page, '10')[0] == '| 10'
+    again, _ = study('regime', output, '--budgets', '5', '10')
+    assert '] trained in' not in again
+
+
+def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
+    root = output.with_name(output.name + '_quick')
+    result = subprocess.run([sys.executable, str(BENCHMARKS / 'study.py'), '--output', str(root), '--doc',
+                             str(root / 'study_runs.md')], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = (root / 'study_runs.md').read_text()
+    scala = cells(record, 'Scala_5ep_s0_t15')
+    assert scala[1:5] == ['scala', '5', '0', 'teacher_15ep'] and scala[-1].startswith('0.25: ')
+    assert 'always_smallest=False' in cells(record, 'Scala_wo_CA_5ep_s0_t15')[5]
