@@ -44,13 +44,14 @@ from PIL import Image
 import scalavit  # noqa: F401  (registers the scala_* models)
 from scalavit.compiled import CompiledWidths
 from scalavit.config import TrainConfig
-from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST, read_fashion_mnist
+from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST
 from scalavit.evaluate import time_alternately
 from scalavit.model import FASHION_MODEL
 from scalavit.report import read_report
 from scalavit.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from study import fashion_subset  # noqa: E402
 from train_step import make_batch, scala_step_fn  # noqa: E402
 
 DEIT_S = 'scala_deit_small_patch16_224'
@@ -58,18 +59,6 @@ AUTOCAST = {'none': None, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 # Data
-
-
-def fashion_folder(root: Path, source: Path = FASHION_MNIST_ROOT, per_class: int = 64, val_per_class: int = 20) -> Path:
-    """An image folder of real Fashion-MNIST PNGs, small enough for epochs of a few steps."""
-    for split, count in (('train', per_class), ('val', val_per_class)):
-        images, labels = read_fashion_mnist('train' if split == 'train' else 'test', source)
-        for label, name in enumerate(FashionMNIST.classes):
-            folder = root / split / name.replace('/', '-')
-            folder.mkdir(parents=True, exist_ok=True)
-            for i, index in enumerate(torch.nonzero(labels == label).flatten()[:count].tolist()):
-                Image.fromarray(images[index].numpy(), 'L').save(folder / f'{i}.png')
-    return root
 
 
 def random_folder(root: Path, size: int, classes: int = 2, per_class: int = 48, val_per_class: int = 8) -> Path:
@@ -214,7 +203,7 @@ def check_step_speed(device: str, model_name: str = DEIT_S, batch_size: int = 12
 # Evaluation, pick and serving through the command line
 
 
-def scalavit(*args: str, timeout: float = 600) -> str:
+def run_cli(*args: str, timeout: float = 600) -> str:
     result = subprocess.run([sys.executable, '-m', 'scalavit', *args], capture_output=True, text=True,
                             timeout=timeout)
     if result.returncode != 0:
@@ -225,14 +214,14 @@ def scalavit(*args: str, timeout: float = 600) -> str:
 
 def check_eval_and_pick(run: Path, device: str) -> str:
     """`scalavit eval` times every width on ``device``; `pick` chooses from that report on the same device."""
-    scalavit('eval', str(run), '--device', device, '--latency-repeats', '20', '--workers', '2')
+    run_cli('eval', str(run), '--device', device, '--latency-repeats', '20', '--workers', '2')
     report = read_report(run)
     rows, meta = report['rows'], report['meta']
     if not meta['device'].startswith(device) or any(not row['latency_ms_median'] > 0 for row in rows):
         raise AssertionError(f"report measured on {meta['device']}, latencies {[r['latency_ms_median'] for r in rows]}")
     budget = statistics.median(row['latency_ms_median'] for row in rows)
-    chosen = [line for line in scalavit('pick', str(run), '--latency-ms', f'{budget:.4f}', '--device',
-                                        device).splitlines() if line.startswith('width ')]
+    chosen = [line for line in run_cli('pick', str(run), '--latency-ms', f'{budget:.4f}', '--device',
+                                       device).splitlines() if line.startswith('width ')]
     if not chosen:
         raise AssertionError("pick chose no width")
     latencies = [row['latency_ms_median'] for row in rows]
@@ -345,8 +334,8 @@ def check_compiled_eval_and_pick(run: Path, device: str, cache: Path) -> str:
     for name, options in (('eager', ()), ('compiled', ('--compile', '--compile-cache', str(cache)))):
         output = run.parent / f'{run.name}-eval-{name}'
         output.mkdir(exist_ok=True)
-        scalavit('eval', str(run), '--device', device, '--latency-repeats', '50', '--workers', '2', '--output',
-                 str(output), *options)
+        run_cli('eval', str(run), '--device', device, '--latency-repeats', '50', '--workers', '2', '--output',
+                str(output), *options)
         reports[name] = read_report(output)
     eager, compiled = reports['eager']['rows'], reports['compiled']['rows']
     if not reports['compiled']['meta']['compiled'] or reports['eager']['meta']['compiled']:
@@ -356,9 +345,9 @@ def check_compiled_eval_and_pick(run: Path, device: str, cache: Path) -> str:
     if len(eager) != len(compiled) or differ:
         raise AssertionError(f"compiled top-1 differs from eager by more than one image: {differ}")
     budget = statistics.median(row['latency_ms_median'] for row in compiled)
-    chosen = [line for line in scalavit('pick', str(run), '--latency-ms',
-                                        f'{budget:.4f}', '--device', device, '--compile', '--compile-cache',
-                                        str(cache)).splitlines() if line.startswith('width ')]
+    chosen = [line for line in run_cli('pick', str(run), '--latency-ms', f'{budget:.4f}', '--device', device,
+                                       '--compile', '--compile-cache', str(cache)).splitlines()
+              if line.startswith('width ')]
     if not chosen:
         raise AssertionError("pick --compile chose no width")
     latencies = ', '.join(f"{a['width']:g}: {a['latency_ms_median']:.3f} / {b['latency_ms_median']:.3f}"
@@ -409,7 +398,7 @@ def environment_line(device: str) -> str:
 
 
 def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, Callable[[], str]]]:
-    small = fashion_folder(workdir / 'fashion', fashion)
+    small = fashion_subset(workdir / 'fashion', per_class=64, val_per_class=20, source=fashion)
     large = random_folder(workdir / 'random224', 224)
     image = next((small / 'val').glob('*/*.png'))
     listed = []

@@ -20,7 +20,7 @@ from PIL import Image
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from scalavit.data import FashionMNIST, read_fashion_mnist  # noqa: E402
+from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST, read_fashion_mnist  # noqa: E402
 from scalavit.evaluate import cpu_name, evaluate  # noqa: E402
 from scalavit.files import write_atomically, write_text_atomically  # noqa: E402
 from scalavit.model import FASHION_MODEL  # noqa: E402
@@ -30,6 +30,7 @@ from scalavit.train import TrainConfig, train  # noqa: E402
 # A run's name holds its budget and seed, so what may differ when it is reused is only where it is and --quick's cap.
 _MAY_DIFFER = {'output', 'max_steps'}
 DISTILLED_MODEL = 'scala_vit_mini_distilled_patch7_28'
+DEEP_MODEL, DEEP_DISTILLED_MODEL = 'scala_vit_mini_deep_patch7_28', 'scala_vit_mini_deep_distilled_patch7_28'
 GRAD_STATS_EVERY = 50  # every Scala and US-Net run records its gradients this often, for grad_interference.py
 
 
@@ -102,6 +103,13 @@ class Runs:
     root: Path
     timings: Timings
     common: dict  # the options every run shares (the data, the loader, --quick's cap)
+    model: str = FASHION_MODEL
+    distilled_model: str = DISTILLED_MODEL
+    prefix: str = ''  # names the architecture in the runs' names when it is not the default
+
+    def deeper(self) -> 'Runs':
+        """The same runs of the default model made twice as deep (the capacity axis)."""
+        return dataclasses.replace(self, model=DEEP_MODEL, distilled_model=DEEP_DISTILLED_MODEL, prefix='deep ')
 
     def train(self, name: str, **options) -> Path:
         return train_once(self.root, self.timings, name, self.common, **options)
@@ -113,23 +121,25 @@ class Runs:
 
     def teacher(self, epochs: int) -> Path:
         """The separate full-width model that teaches Scala and ST+KD (seed 0)."""
-        return self.train(f'teacher {epochs}ep', method='separate', width=1.0, model=FASHION_MODEL, epochs=epochs,
-                          seed=0) / 'last.pt'
+        run = self.train(f'{self.prefix}teacher {epochs}ep', method='separate', width=1.0, model=self.model,
+                         epochs=epochs, seed=0)
+        return (run / 'last.pt').resolve()  # the same in every run's configuration, wherever the study starts
 
     def separate(self, width: float, epochs: int, seed: int = 0, teacher_epochs: int = None) -> Path:
         """Separate Training at ``width``; with ``teacher_epochs``, ST+KD: taught by that teacher (DeiT's hard
         distillation, on the distilled model)."""
         if teacher_epochs is None:
-            return self.train(f'ST {width} {epochs}ep s{seed}', method='separate', width=width, model=FASHION_MODEL,
-                              epochs=epochs, seed=seed)
-        return self.train(f'ST+KD {width} {epochs}ep s{seed} t{teacher_epochs}', method='separate', width=width,
-                          model=DISTILLED_MODEL, teacher=str(self.teacher(teacher_epochs)), epochs=epochs, seed=seed)
+            return self.train(f'{self.prefix}ST {width} {epochs}ep s{seed}', method='separate', width=width,
+                              model=self.model, epochs=epochs, seed=seed)
+        return self.train(f'{self.prefix}ST+KD {width} {epochs}ep s{seed} t{teacher_epochs}', method='separate',
+                          width=width, model=self.distilled_model, teacher=str(self.teacher(teacher_epochs)),
+                          epochs=epochs, seed=seed)
 
     def scala(self, epochs: int, teacher_epochs: int, seed: int = 0, label: str = 'Scala', **options) -> Path:
         """Scala (or, with ``options``, a variant named ``label``) on the distilled model, taught by the teacher."""
-        return self.train(f'{label} {epochs}ep s{seed} t{teacher_epochs}', method='scala', model=DISTILLED_MODEL,
-                          teacher=str(self.teacher(teacher_epochs)), epochs=epochs, seed=seed,
-                          grad_stats=GRAD_STATS_EVERY, **options)
+        return self.train(f'{self.prefix}{label} {epochs}ep s{seed} t{teacher_epochs}', method='scala',
+                          model=self.distilled_model, teacher=str(self.teacher(teacher_epochs)), epochs=epochs,
+                          seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
 
     def seed_note(self, epochs: int, teacher_epochs: int, widths) -> str:
         """What two seeds of Scala differ by (paper_table.py trains them), the yardstick of every difference."""
@@ -143,8 +153,8 @@ class Runs:
                 f'and by {mean_gap:.2f} in their mean: smaller differences are not findings.')
 
     def usnet(self, epochs: int, seed: int = 0, label: str = 'US-Net', **options) -> Path:
-        return self.train(f'{label} {epochs}ep s{seed}', method='usnet', model=FASHION_MODEL, epochs=epochs,
-                          seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
+        return self.train(f'{self.prefix}{label} {epochs}ep s{seed}', method='usnet', model=self.model,
+                          epochs=epochs, seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
 
 
 def evaluate_once(paths: list[Path], output: Path, timings: Timings, name: str, latency_repeats: int) -> list[dict]:
@@ -208,13 +218,15 @@ def plot_curves(curves: dict[str, dict[float, float]], path: Path, xlabel: str, 
     plt.close(figure)
 
 
-def fashion_subset(root: Path, per_class: int, val_per_class: int, labels=range(10)) -> Path:
-    """An image folder of the Fashion-MNIST classes ``labels``: ``per_class`` training images of each from the
-    training split, ``val_per_class`` from the test split (written once; a finished folder is reused)."""
+def fashion_subset(root: Path, per_class: int, val_per_class: int, labels=range(10),
+                   source: Path = FASHION_MNIST_ROOT) -> Path:
+    """An image folder of the Fashion-MNIST classes ``labels`` (read from the files in ``source``): ``per_class``
+    training images of each from the training split, ``val_per_class`` from the test split (written once; a
+    finished folder is reused)."""
     if (root / 'done').is_file():
         return root
-    for split, source, count in (('train', 'train', per_class), ('val', 'test', val_per_class)):
-        images, targets = read_fashion_mnist(source)
+    for split, source_split, count in (('train', 'train', per_class), ('val', 'test', val_per_class)):
+        images, targets = read_fashion_mnist(source_split, source)
         for label in labels:
             folder = root / split / FashionMNIST.classes[label].replace('/', '-')
             folder.mkdir(parents=True, exist_ok=True)
@@ -292,6 +304,7 @@ if __name__ == '__main__':
     args = parser.parse_args()
     text = (f"# The studies' runs\n\n`python benchmarks/study.py`: every finished run under `{args.output}` (the "
             f"runs the study pages are made of), on {machine_line()}. Test top-1 after the last epoch, on the "
-            f"10,000 Fashion-MNIST test images for the built-in data.\n\n{run_summary(args.output)}\n")
+            f"10,000 Fashion-MNIST test images for the built-in data (a separate model's one width is its 1: ST_025 is "
+            f"the model of width 0.25).\n\n{run_summary(args.output)}\n")
     write_text_atomically(args.doc, text)
     print(text)

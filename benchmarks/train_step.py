@@ -14,11 +14,18 @@ model and optimizer were built.
 
 ``--compiled``: the same Scala step with the model compiled as ``scalavit train --compile`` compiles it, against the
 eager step, alternately (target: no slower); and the peak memory of each, each in a fresh process (target <= 1.15x).
+
+``--profile``: where the eager step's time goes (torch.profiler): the share in matrix products, attention and
+convolution kernels, which no compiler removes, against everything else (element-wise work, copies, the
+framework's per-operation cost), the floor of what ``--compile`` can gain on this machine.
+
+    python benchmarks/train_step.py --profile --model scala_vit_mini_distilled_patch7_28 --batch-size 128
 """
 import argparse
 import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -136,6 +143,39 @@ def report_own_peak(args):
     print(json.dumps(dict(peak_mib=peak - before)))
 
 
+KERNELS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::mkldnn_convolution',
+           'aten::convolution_backward', 'aten::_scaled_dot_product_flash_attention_for_cpu',
+           'aten::_scaled_dot_product_flash_attention_for_cpu_backward',
+           'aten::_scaled_dot_product_flash_attention', 'aten::_scaled_dot_product_flash_attention_backward')
+
+
+def profile_step(args):
+    from torch.profiler import ProfilerActivity, profile
+
+    model, step = build_step(args, 'scala')
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(args.calls):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    eager_time = statistics.median(times)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        for _ in range(args.calls):
+            step()
+    events = profiler.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    kernels = sum(e.self_cpu_time_total for e in events if e.key in KERNELS)
+    print(f"{args.model}, batch {args.batch_size}, {args.device}, fp32, {torch.get_num_threads()} threads, "
+          f"widths {step_widths(model, args.seed)}")
+    print(f"Scala step (eager): {1e3 * eager_time:.1f} ms, {args.batch_size / eager_time:.0f} img/s")
+    print(f"matrix products, attention and convolution kernels: {kernels / total:.1%} of the step's CPU time; "
+          f"the rest: {1 - kernels / total:.1%}")
+    print(f"a compiled step that removed all the rest would take {kernels / total:.2f}x the eager step")
+    print(events.table(sort_by='self_cpu_time_total', row_limit=12))
+
+
 def compare_compiled(args):
     model, eager_step = build_step(args, 'scala')
     images, target = make_batch(model, args.batch_size, args.device)
@@ -162,12 +202,15 @@ def main():
     parser.add_argument('--calls', type=int, default=5)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compiled', action='store_true', help='compiled Scala step against the eager one')
+    parser.add_argument('--profile', action='store_true', help="where the eager Scala step's time goes")
     parser.add_argument('--memory-of', choices=['scala', 'full', 'compiled'], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
         return report_own_peak(args)
     if args.compiled:
         return compare_compiled(args)
+    if args.profile:
+        return profile_step(args)
 
     model, scala_step = build_step(args, 'scala')
     upper, lower = model.grid.sample(torch.Generator().manual_seed(args.seed))

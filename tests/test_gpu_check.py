@@ -47,7 +47,7 @@ def test_only_runs_the_checks_whose_name_holds_the_text(monkeypatch, tmp_path, c
 
 @pytest.fixture(scope='module')
 def fashion(tmp_path_factory):
-    return gpu_check.fashion_folder(tmp_path_factory.mktemp('gpu-check') / 'fashion')
+    return gpu_check.fashion_subset(tmp_path_factory.mktemp('gpu-check') / 'fashion', per_class=64, val_per_class=20)
 
 
 @pytest.fixture(scope='module')

@@ -5,7 +5,8 @@ import torch
 from conftest import randomize
 
 NAMES = [f'scala_deit_{size}{distilled}_patch16_224'
-         for size in ('tiny', 'small', 'base') for distilled in ('', '_distilled')] + ['scala_vit_mini_patch7_28', 'scala_vit_mini_distilled_patch7_28']
+         for size in ('tiny', 'small', 'base') for distilled in ('', '_distilled')] + [
+    f'scala_vit_mini{kind}_patch7_28' for kind in ('', '_distilled', '_deep', '_deep_distilled')]
 WIDTHS = {'tiny': 192, 'small': 384, 'base': 768, 'mini': 96}
 
 

@@ -71,6 +71,10 @@ def test_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reu
     assert config(output, 'Scala_10ep_s0_t30')['teacher'].endswith('teacher_30ep/last.pt')
     assert config(output, 'STplusKD_025_10ep_s0_t30')['epochs'] == 10
     assert cells(page, '5')[0] == '| 5' and cells(page, '10')[0] == '| 10'
+    # the capacity axis: the same runs of the model twice as deep, taught by its own deep teacher
+    assert config(output, 'deep_Scala_5ep_s0_t15')['model'] == 'scala_vit_mini_deep_distilled_patch7_28'
+    assert config(output, 'deep_Scala_5ep_s0_t15')['teacher'].endswith('deep_teacher_15ep/last.pt')
+    assert cells(page, 'deeper (depth 8)')[0] == '| deeper (depth 8)'
     again, _ = study('regime', output, '--budgets', '5', '10')
     assert '] trained in' not in again
 

@@ -2,8 +2,9 @@
 
 Every N steps, each sub-network's own gradient is kept (what its backward pass added to ``.grad``), and the step adds
 one row to ``grad_stats.jsonl`` (rewritten whole with the run's log, so a resumed run repeats no row): each
-sub-network's gradient norm, and for each pair the cosine similarity of their gradients on the weights both use, with both norms there, over the whole model and per group of weights (the
-embedding, each block, the head). A width's weights are where its gradient is non-zero: its channel slice.
+sub-network's gradient norm, and for each pair the cosine similarity of their gradients on the weights both use, with
+both norms there, over the whole model and per group of weights (the embedding, each block, the head). A width's
+weights are where its gradient is non-zero: its channel slice.
 """
 import itertools
 import json

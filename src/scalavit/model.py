@@ -404,6 +404,8 @@ default_cfgs = generate_default_cfgs({
     FASHION_MODEL: _cfg(**_FASHION),
     'scala_vit_tiny_patch7_56': _cfg(**dict(_FASHION, input_size=(1, 56, 56))),
     'scala_vit_mini_distilled_patch7_28': _cfg(**_FASHION, **_DISTILLED),
+    'scala_vit_mini_deep_patch7_28': _cfg(**_FASHION),
+    'scala_vit_mini_deep_distilled_patch7_28': _cfg(**_FASHION, **_DISTILLED),
 })
 
 
@@ -497,6 +499,20 @@ def scala_vit_mini_distilled_patch7_28(pretrained: bool = False, **kwargs) -> Sl
     """The default 28x28 model with DeiT's distillation token and head."""
     model_args = dict(patch_size=7, embed_dim=96, depth=4, num_heads=3, distilled=True)
     return _create('scala_vit_mini_distilled_patch7_28', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_vit_mini_deep_patch7_28(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    """The default 28x28 model twice as deep (8 blocks): the capacity axis of the studies (docs/regime.md)."""
+    model_args = dict(patch_size=7, embed_dim=96, depth=8, num_heads=3)
+    return _create('scala_vit_mini_deep_patch7_28', pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def scala_vit_mini_deep_distilled_patch7_28(pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
+    """The deep 28x28 model with DeiT's distillation token and head."""
+    model_args = dict(patch_size=7, embed_dim=96, depth=8, num_heads=3, distilled=True)
+    return _create('scala_vit_mini_deep_distilled_patch7_28', pretrained, **dict(model_args, **kwargs))
 
 
 @register_model

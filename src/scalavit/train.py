@@ -30,10 +30,10 @@ from tqdm import tqdm
 from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights,
                          random_states, save_atomically, set_random_states)
 from .compiled import check_can_compile, compile_for_training
-from .gradstats import GradientStats
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .files import write_text_atomically
+from .gradstats import GradientStats
 from .finetune import initialize
 from .losses import Logits
 from .methods import Scala, Separate, USNet
