@@ -236,15 +236,16 @@ def fashion_subset(root: Path, per_class: int, val_per_class: int, labels=range(
     return root
 
 
-def study_arguments(description: str, output: str, doc: str) -> argparse.ArgumentParser:
-    """The options every study has: --quick, --output, --doc, --epochs, --teacher-epochs."""
+def study_arguments(description: str, output: str, doc: str, teacher: bool = True) -> argparse.ArgumentParser:
+    """The options every study has: --quick, --output, --doc, --epochs and (with a teacher) --teacher-epochs."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--quick', action='store_true',
                         help='3 steps a run on a few images, the page written beside the runs: checks the pipeline')
     parser.add_argument('--output', type=Path, default=Path(output), help='where the runs are (shared by studies)')
     parser.add_argument('--doc', type=Path, default=Path(doc))
     parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run but the teacher')
-    parser.add_argument('--teacher-epochs', type=int, help="the teacher's budget (default: 3x --epochs)")
+    if teacher:
+        parser.add_argument('--teacher-epochs', type=int, help="the teacher's budget (default: 3x --epochs)")
     return parser
 
 

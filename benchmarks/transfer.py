@@ -33,8 +33,7 @@ def accuracy(run: Path, width: float) -> float:
 
 
 def main() -> None:
-    parser = study_arguments(__doc__.split('\n\n')[0], 'runs/transfer', 'docs/transfer.md')
-    parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run')
+    parser = study_arguments(__doc__.split('\n\n')[0], 'runs/transfer', 'docs/transfer.md', teacher=False)
     parser.add_argument('--per-class', type=int, default=6000, help='training images a class (6,000: all)')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args()
