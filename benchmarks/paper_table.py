@@ -22,9 +22,9 @@ from scalavit.model import FASHION_MODEL
 from scalavit.report import plot
 
 sys.path.insert(0, str(Path(__file__).parent))
-import study  # noqa: E402
 from study import (DISTILLED_MODEL, Runs, Timings, command_line, differences, evaluate_once,  # noqa: E402
-                   last_row, machine_line, markdown_table, quick_setup, run_dir, signed, study_arguments, top1)
+                   last_row, machine_line, markdown_table, quick_setup, run_dir, signed, study_arguments,
+                   teacher_epochs as default_teacher_epochs, top1)
 
 SEPARATE_WIDTHS = (0.25, 0.5, 0.75, 1.0)
 TABLE_WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -77,7 +77,7 @@ class Comparison:
     """Top-1 at the table's widths of every method and seed, and what the claims make of them."""
 
     def __init__(self, results: dict[tuple[str, int], list[dict]], widths=TABLE_WIDTHS):
-        self.by_method = {method: [top1(results[method, i], widths) for i in range(2) if (method, i) in results]
+        self.by_method = {method: [top1(results[key], widths) for key in sorted(results) if key[0] == method]
                           for method in PAPER}
 
     def mean(self, method: str) -> list[float]:
@@ -171,7 +171,7 @@ def main():
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1], help='seeds of ST, US-Net and Scala')
     args = parser.parse_args()
     common = quick_setup(args)
-    epochs, teacher_epochs = args.epochs, study.teacher_epochs(args)
+    epochs, teacher_epochs = args.epochs, default_teacher_epochs(args)
     timings = Timings(args.output / 'timings.json')
     runs = Runs(args.output, timings, common)
     latency_repeats = 3 if args.quick else 30

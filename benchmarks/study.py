@@ -243,7 +243,8 @@ def study_arguments(description: str, output: str, doc: str, teacher: bool = Tru
                         help='3 steps a run on a few images, the page written beside the runs: checks the pipeline')
     parser.add_argument('--output', type=Path, default=Path(output), help='where the runs are (shared by studies)')
     parser.add_argument('--doc', type=Path, default=Path(doc))
-    parser.add_argument('--epochs', type=int, default=5, help='the epoch budget of every run but the teacher')
+    parser.add_argument('--epochs', type=int, default=5,
+                        help='the epoch budget of every run' + (' but the teacher' if teacher else ''))
     if teacher:
         parser.add_argument('--teacher-epochs', type=int, help="the teacher's budget (default: 3x --epochs)")
     return parser

@@ -102,7 +102,12 @@ def check_packages_load(path: Path, device: torch.device) -> None:
     marker = path.parent / f'.packages-load-{key}'
     if marker.is_file():
         return
-    result = subprocess.run([sys.executable, '-c', _LOAD_CHECK, str(path)], capture_output=True, text=True)
+    try:
+        result = subprocess.run([sys.executable, '-c', _LOAD_CHECK, str(path)], capture_output=True, text=True,
+                                timeout=600)
+    except subprocess.TimeoutExpired:
+        raise CompileError(f"loading an AOTInductor package with torch {torch.__version__} did not finish in 10 "
+                           "minutes; run without --compile") from None
     if result.returncode < 0:  # killed by a signal; an exception (a damaged package) is handled by the caller
         raise CompileError(f"torch {torch.__version__} crashes when it loads an AOTInductor package on {device.type} "
                            f"(signal {-result.returncode}); run without --compile, or install the torch this "
