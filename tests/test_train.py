@@ -165,3 +165,4 @@ def test_two_processes_with_gloo_end_with_identical_weights(folder, tmp_path):
     rows = read_log(tmp_path / 'ddp')
     assert [row['ranks_in_sync'] for row in rows] == [True, True]
     assert rows[-1]['step'] == 2 * 3  # 24 images, 2 processes of 4: 3 steps an epoch
+    assert result.stdout.count('checkpoints and logs in') == 1  # rank 0 alone reports

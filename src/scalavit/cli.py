@@ -1,6 +1,7 @@
 """``scalavit <command>``: the command-line interface."""
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from pathlib import Path
@@ -88,6 +89,8 @@ def _train(args: argparse.Namespace) -> None:
     values.update(options)
     config = TrainConfig(**values)
     row = train(config, resume=args.resume)
+    if int(os.environ.get('RANK', '0')) > 0:
+        return  # under torchrun, rank 0 speaks for the run
     if not row:
         print("nothing to train: the run has already reached --epochs")
         return
