@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from conftest import FAST, make_image_folder, read_log
 from scalavit.cli import main
