@@ -15,6 +15,9 @@ model and optimizer were built.
 ``--compiled``: the same Scala step with the model compiled as ``scalavit train --compile`` compiles it, against the
 eager step, alternately (target: no slower); and the peak memory of each, each in a fresh process (target <= 1.15x).
 
+Inductor's options come from its environment variables, so one of them is tried on the step with, for example,
+``TORCHINDUCTOR_CPP_WRAPPER=1 python benchmarks/train_step.py --compiled --time-only``.
+
 ``--profile``: where the eager step's time goes (torch.profiler): the share in matrix products, attention and
 convolution kernels, which no compiler removes, against everything else (element-wise work, copies, the
 framework's per-operation cost), the floor of what ``--compile`` can gain on this machine.
@@ -189,6 +192,8 @@ def compare_compiled(args):
     print(f"{'eager':32} {1e3 * eager_time:>10.1f}")
     print(f"{'compiled':32} {1e3 * compiled_time:>10.1f}")
     print(f"time ratio compiled / eager: {compiled_time / eager_time:.3f}   (target <= 1.0)")
+    if args.time_only:
+        return
     compiled_peak, eager_peak = peak_memory_mib(args, 'compiled'), peak_memory_mib(args, 'scala')
     print(f"peak memory above the model, MiB: compiled {compiled_peak:.1f}, eager {eager_peak:.1f}; ratio "
           f"{compiled_peak / eager_peak:.3f}   (target <= 1.15)")
@@ -203,6 +208,7 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--compiled', action='store_true', help='compiled Scala step against the eager one')
     parser.add_argument('--profile', action='store_true', help="where the eager Scala step's time goes")
+    parser.add_argument('--time-only', action='store_true', help='skip the memory comparison (--compiled)')
     parser.add_argument('--memory-of', choices=['scala', 'full', 'compiled'], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:
