@@ -67,7 +67,7 @@ narrowest sub-network is drawn from every width below the largest (`scalavit tra
 Scala the three sub-networks are taught in order of width. *w/o IA*: the smallest width takes the first channels, as
 the others do. Test top-1 (%) after the last epoch, and training minutes:
 
-{markdown_table(['run'] + [f'{w:g}' for w in WIDTHS] + ['mean', 'min'], rows)}
+{markdown_table(['run'] + [f'{w:g}' for w in WIDTHS] + ['mean', 'training min'], rows)}
 
 Dropping constant activation (points; positive: better without it), mean over the widths above the smallest and at
 the smallest:

@@ -54,7 +54,7 @@ def main() -> None:
 the last epoch at the widths every grid has, and training minutes:
 
 {markdown_table(['granularity', 'X', 'xi (epochs)'] + [f'r={w:g}' for w in COMMON_WIDTHS]
-                + ['mean', 'min', 'paper r=0.25 / 1'], rows)}
+                + ['mean', 'training min', 'paper r=0.25 / 1'], rows)}
 
 ![top-1 by width]({figure.name})
 

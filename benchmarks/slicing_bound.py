@@ -52,7 +52,7 @@ def main() -> None:
 1/16, on {machine_line()}. Test top-1 (%) after the last epoch at every width of each run; the mean over the widths
 all runs share ({SHARED[0]:g} to 1); training minutes:
 
-{markdown_table(['smallest', 'widths'] + [f'{w:g}' for w in all_widths] + [f'mean {SHARED[0]:g}-1', 'min'], rows)}
+{markdown_table(['smallest', 'widths', *[f'{w:g}' for w in all_widths], f'mean {SHARED[0]:g}-1', 'training min'], rows)}
 
 ![top-1 by width]({figure.name})
 
