@@ -18,6 +18,13 @@ fi
 PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 if [ ! -x .venv/bin/python ]; then
+    # torch's CUDA build alone unpacks to about 5.5 GB: one clear line now rather than pip's ENOSPC traceback later.
+    need_gb=8
+    free_gb=$(( $(df -Pk . | awk 'NR == 2 {print $4}') / 1048576 ))
+    if [ "$free_gb" -lt "$need_gb" ]; then
+        echo "setup: .venv needs about $need_gb GB but $PWD has $free_gb GB free: free some space and run again" >&2
+        exit 1
+    fi
     echo "setup: creating .venv with $PYTHON"
     "$PYTHON" -m venv .venv
 fi
