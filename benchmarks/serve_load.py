@@ -9,10 +9,13 @@ image, so the accuracy of what was served is measured from the answers. Latency 
 send time (no coordinated omission); how late the client sent is reported, and a run where it fell behind is flagged.
 
 The same schedule runs against every policy, in rotated order, ``--repeats`` times; the doc reports the median and the
-spread over repeats.
+spread over repeats. With ``--backends eager compiled onnxruntime`` every policy also runs on each backend of the
+server (`scalavit serve --compile`, `--onnxruntime`), on the same schedule: the full width's capacity is then the first
+backend's, so every backend meets the same offered load.
 
     python benchmarks/serve_load.py --checkpoint runs/serve-model                  # writes docs/serving.md
     python benchmarks/serve_load.py --ceiling --checkpoint runs/ceiling            # the request ceiling, cheapest width
+    python benchmarks/serve_load.py --checkpoint RUN --backends eager compiled --output docs/serving_backends.md
     python benchmarks/serve_load.py --quick --checkpoint RUN --output /tmp/serving.md  # the pipeline in seconds
 """
 import argparse
@@ -43,6 +46,7 @@ from scalavit.files import write_text_atomically
 PHASES = (('low', 0.5, 'poisson'), ('high', 4.0, 'poisson'), ('low again', 0.5, 'poisson'), ('bursty', 1.0, 'gamma'))
 BURSTY_CV2 = 4.0
 LATE_SEND_MS = 5.0  # a client that sends its p99 request later than this behind schedule has fallen behind
+BACKEND_OPTIONS = {'eager': [], 'compiled': ['--compile'], 'onnxruntime': ['--onnxruntime']}
 
 
 # The schedule and the images
@@ -293,38 +297,45 @@ def ceiling(args, images, labels) -> None:
 # The study
 
 
+def contenders(policies: list[str], backends: list[str]) -> dict[str, tuple[str, str]]:
+    """The runs of the study by name: each policy on each backend, named by the policy alone when there is one."""
+    return {(policy if len(backends) == 1 else f'{policy} on {backend}'): (policy, backend)
+            for backend in backends for policy in policies}
+
+
 def run_study(args, images, labels) -> None:
-    probe = Server(args.checkpoint, 'slackfit', args.slo_ms, args.server_options)
+    probe = Server(args.checkpoint, 'slackfit', args.slo_ms, args.server_options + BACKEND_OPTIONS[args.backends[0]])
     profiled, smallest = probe.capacity(1.0), min(r['width'] for r in probe.profile['profile'])
     batched = probe.capacity(1.0, batched=True)
     probe.stop()
     capacity = args.full_rate or profiled  # the profile's figure moves from one start to the next
     policies = args.policies or (['slackfit', f'fixed:{smallest:g}'] if args.quick else
                                  ['slackfit', 'maxacc', 'fixed:1', f'fixed:{smallest:g}'])
+    runs = contenders(policies, args.backends)
+    names = list(runs)
     times, phases = schedule(capacity, args.seconds, args.seed)
     print(f"full width capacity {capacity:.0f} req/s one at a time ({'--full-rate; ' if args.full_rate else ''}"
           f"profile {profiled:.0f}, {batched:.0f} batched); {len(times)} requests over "
-          f"{args.seconds * len(PHASES):.0f} s; policies {', '.join(policies)}; {args.repeats} repeat(s)", flush=True)
-    results, timelines = {p: [] for p in policies}, {}
+          f"{args.seconds * len(PHASES):.0f} s; runs {', '.join(names)}; {args.repeats} repeat(s)", flush=True)
+    results, timelines = {name: [] for name in names}, {}
     started = time.time()
     for repeat in range(args.repeats):
-        order = policies[repeat % len(policies):] + policies[:repeat % len(policies)]
-        for policy in order:
-            server = Server(args.checkpoint, policy, args.slo_ms, args.server_options)
+        for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+            policy, backend = runs[name]
+            server = Server(args.checkpoint, policy, args.slo_ms, args.server_options + BACKEND_OPTIONS[backend])
             try:
                 outcomes = asyncio.run(drive(server.url, times, images, labels, timeout_s=30))
             finally:
                 server.stop()
             summary = summarise(outcomes, phases, args.slo_ms / 1e3, args.seconds)
-            results[policy].append(summary)
-            timelines.setdefault(policy, timeline(outcomes, args.seconds * len(PHASES), args.slo_ms / 1e3))
-            print(f"[{repeat + 1}/{args.repeats}] {policy:>12}: attainment {summary['attainment']:.4f}, accuracy "
+            results[name].append(summary)
+            timelines.setdefault(name, timeline(outcomes, args.seconds * len(PHASES), args.slo_ms / 1e3))
+            print(f"[{repeat + 1}/{args.repeats}] {name:>12}: attainment {summary['attainment']:.4f}, accuracy "
                   f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms"
                   f"{'  (client fell behind)' if summary['client_fell_behind'] else ''}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=policies,
-               results=results,
-               seconds=args.seconds, slo_ms=args.slo_ms)
+    raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=names,
+               backends=args.backends, results=results, seconds=args.seconds, slo_ms=args.slo_ms)
     write_text_atomically(args.output.with_suffix('.json'), json.dumps(raw, indent=1) + '\n')
     figures = plot(results, timelines, args.slo_ms, args.seconds, args.output.parent)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
@@ -349,9 +360,10 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
         f'the same machine. Checkpoint `{args.checkpoint}`; SLO {args.slo_ms:g} ms; {requests} requests over '
         f'{args.seconds * len(PHASES):.0f} s (phases of {args.seconds:g} s: low 0.5x, high 4x, low 0.5x of the full '
         f"width's capacity of {raw['capacity']:.0f} req/s one at a time ({'set by --full-rate; ' if args.full_rate else ''}"
-        f"profiled at {raw['profiled_capacity']:.0f} at this start, {raw['batched_capacity']:.0f} batched), then bursty "
-        f"at 1x with CV^2 = {BURSTY_CV2:g}); "
-        f'{args.repeats} repeat(s), policies in rotated order; {elapsed / 60:.1f} min in all.', '',
+        f"profiled at {raw['profiled_capacity']:.0f} at this start on {raw['backends'][0]}, "
+        f"{raw['batched_capacity']:.0f} batched), then bursty at 1x with CV^2 = {BURSTY_CV2:g}); "
+        f"server backend(s) {', '.join(raw['backends'])}, each profiling itself at its start; "
+        f'{args.repeats} repeat(s), runs in rotated order; {elapsed / 60:.1f} min in all.', '',
         'Figures are the median over repeats with the range in brackets. Attainment counts every offered request '
         '(refusals, drops and timeouts are misses); latencies are of answered requests, from the scheduled send '
         'time; accuracy is measured on the answers.', '',
@@ -390,6 +402,8 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--policies', nargs='+', help='default: slackfit maxacc fixed:1 fixed:<smallest>')
+    parser.add_argument('--backends', nargs='+', choices=list(BACKEND_OPTIONS), default=['eager'],
+                        help="the server's backends to run every policy on (the first sets the capacity)")
     parser.add_argument('--server-options', type=shlex.split, default=['--threads', '1', '--max-batch-size', '16'],
                         help="passed to `scalavit serve`, e.g. --server-options='--threads 1 --max-batch-size 16'")
     parser.add_argument('--images', type=int, default=2000, help='test images to cycle through')

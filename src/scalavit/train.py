@@ -8,17 +8,14 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import timm
 import torch
-import torch.distributed as dist
 from timm.data import Mixup, resolve_data_config
 from timm.data.mixup import mixup_target
 from timm.optim import create_optimizer_v2
@@ -32,40 +29,15 @@ from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_c
 from .compiled import check_can_compile, compile_for_training
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
+from .distributed import setup_distributed
 from .files import write_text_atomically
-from .gradstats import GradientStats
 from .finetune import initialize
+from .gradstats import GradientStats
 from .losses import Logits
 from .methods import Scala, Separate, USNet
 from .model import SlimmableVisionTransformer
 from .rundir import RunLog, check_output, has_checkpoint, read_log, remove_stale_temporaries, run_directory
 from .widths import WidthGrid, scaled
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> Distributed:
-    """torchrun's environment: NCCL on CUDA, gloo on the CPU."""
-    if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
-        return Distributed()
-    ddp = Distributed(int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ['LOCAL_RANK']))
-    if device.startswith('cuda'):
-        torch.cuda.set_device(ddp.local_rank)
-    dist.init_process_group('nccl' if device.startswith('cuda') else 'gloo')
-    return ddp
 
 
 def build_method(config: TrainConfig):
@@ -270,7 +242,7 @@ class Trainer:
             row['epoch'] = self.epoch
             score = float(np.mean([row[width_key(w)] for w in widths]))
             if self.ddp.enabled:
-                row['ranks_in_sync'] = self._replicas_identical()
+                row['ranks_in_sync'] = self.ddp.replicas_identical(self.model)
                 if not row['ranks_in_sync']:
                     raise RuntimeError(f"after epoch {self.epoch} the {self.ddp.world_size} processes hold different "
                                        "weights; DistributedDataParallel did not keep them in step")
@@ -280,8 +252,7 @@ class Trainer:
                 log.write(self.log_rows)
                 if self.grad_stats is not None:
                     self.grad_stats.save()
-        if self.ddp.enabled:
-            dist.destroy_process_group()
+        self.ddp.close()
         return row
 
     def _out_of_steps(self) -> bool:
@@ -327,7 +298,7 @@ class Trainer:
                 break
         bar.close()
         elapsed = time.perf_counter() - start
-        skipped = self._sum_across_ranks(skipped)
+        skipped = self.ddp.sum(skipped, self.device)
         return dict(step=self.step, lr=self.optimizer.param_groups[0]['lr'],
                     **{name: total / max(count, 1) for name, total in totals.items()},
                     skipped_images=int(skipped), images_per_s=round(rate if count else 0.0, 1),
@@ -384,25 +355,8 @@ class Trainer:
                 for i, width in enumerate(widths):
                     correct[i] += (model(images, width).argmax(-1) == targets).sum().item()
             total += len(targets)
-        correct, total = self._sum_across_ranks(correct), self._sum_across_ranks(total)
+        correct, total = self.ddp.sum(correct, self.device), self.ddp.sum(total, self.device)
         return {width_key(w): round(100 * float(c) / max(total, 1), 2) for w, c in zip(widths, correct)}
-
-    def _sum_across_ranks(self, value):
-        if not self.ddp.enabled:
-            return value
-        tensor = torch.as_tensor(value, dtype=torch.float64, device=self.device if self.device.type == 'cuda'
-                                 else 'cpu').clone()
-        dist.all_reduce(tensor)
-        return tensor.cpu() if tensor.dim() else tensor.item()
-
-    def _replicas_identical(self) -> bool:
-        """Whether every rank ends with the same weights (DDP's invariant, checked once at the end)."""
-        flat = torch.cat([p.detach().reshape(-1).double() for p in self.model.parameters()])
-        position_weights = torch.arange(len(flat), device=flat.device) % 7919 + 1
-        checksum = torch.stack([flat.sum(), (flat * position_weights).sum()])
-        gathered = [torch.zeros_like(checksum) for _ in range(self.ddp.world_size)]
-        dist.all_gather(gathered, checksum)
-        return all(torch.equal(gathered[0], other) for other in gathered[1:])
 
     def _save(self, score: float) -> None:
         checkpoint = dict(
