@@ -223,7 +223,8 @@ def timeline(outcomes: list[Outcome], seconds_total: float, slo_s: float) -> dic
     return rows
 
 
-def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, folder: Path) -> list[str]:
+def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, output: Path) -> list[str]:
+    """Two figures beside ``output``, named after it (docs/serving.md: serving_timeline.png, ...)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -246,7 +247,8 @@ def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, folder: 
             ax.axvline(i * seconds, color='grey', linewidth=0.5)
     axes[1].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(folder / 'serving_timeline.png', dpi=110)
+    files = [f'{output.stem}_timeline.png', f'{output.stem}_attainment_accuracy.png']
+    figure.savefig(output.parent / files[0], dpi=110)
     plt.close(figure)
 
     figure, ax = plt.subplots(figsize=(6, 4.4))
@@ -258,9 +260,9 @@ def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, folder: 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(folder / 'serving_attainment_accuracy.png', dpi=110)
+    figure.savefig(output.parent / files[1], dpi=110)
     plt.close(figure)
-    return ['serving_timeline.png', 'serving_attainment_accuracy.png']
+    return files
 
 
 # The ceiling
@@ -337,7 +339,7 @@ def run_study(args, images, labels) -> None:
     raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=names,
                backends=args.backends, results=results, seconds=args.seconds, slo_ms=args.slo_ms)
     write_text_atomically(args.output.with_suffix('.json'), json.dumps(raw, indent=1) + '\n')
-    figures = plot(results, timelines, args.slo_ms, args.seconds, args.output.parent)
+    figures = plot(results, timelines, args.slo_ms, args.seconds, args.output)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
     print(f"wrote {args.output}")
 

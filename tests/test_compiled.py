@@ -119,11 +119,12 @@ def test_eval_and_pick_with_compile_measure_the_compiled_widths_with_the_eager_a
     assert 'measured by `scalavit eval`' in out and 'threads, compiled, batch 1' in out
 
 
-def test_serve_with_compile_answers_at_every_width(run, cache):
+def test_serve_with_compile_answers_at_every_width_and_leaves_no_files_behind(run, cache, tmp_path):
     png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()
     CompiledWidths(load_model(str(run))[0].eval(), progress=False)  # the server then loads from the cache
-    server = Server(run, '--compile')
+    server = Server(run, '--compile', env={'TMPDIR': str(tmp_path)})
     try:
+        assert len(list(tmp_path.glob('aotinductor_*'))) == 3  # each width unpacked while it serves
         profile = {row['width']: row for row in httpx.get(f'{server.url}/widths').json()['profile']}
         assert set(profile) == {0.5, 0.75, 1.0}
         assert httpx.get(f'{server.url}/widths').json()['backend'] == 'compiled'
@@ -132,6 +133,8 @@ def test_serve_with_compile_answers_at_every_width(run, cache):
             assert response.status_code == 200 and response.json()['width'] == width
     finally:
         server.stop()
+    assert not list(tmp_path.glob('aotinductor_*'))  # SIGTERM unloads them: nothing piles up in /tmp
+    assert '--onnxruntime serves better' in server.process.stdout.read()  # the GIL caveat, said at start
 
 
 def test_serve_with_onnxruntime_answers_at_every_width_from_the_exported_widths(run):

@@ -7,7 +7,7 @@ BENCHMARK = Path(__file__).parents[1] / 'benchmarks' / 'serve_load.py'
 
 
 def test_the_load_benchmark_runs_every_policy_on_every_backend_and_writes_its_page(trained, tmp_path):
-    output = tmp_path / 'serving.md'
+    output = tmp_path / 'backends.md'
     result = subprocess.run([sys.executable, str(BENCHMARK), '--quick', '--checkpoint', str(trained / 'scala'),
                              '--backends', 'eager', 'onnxruntime', '--output', str(output)],
                             capture_output=True, text=True, timeout=600)
@@ -24,4 +24,5 @@ def test_the_load_benchmark_runs_every_policy_on_every_backend_and_writes_its_pa
         assert run['offered'] == raw['results'][runs[0]][0]['offered'] > 0  # the same schedule for every run
         assert run['answered'] > 0 and run['answered'] + run['refused'] + run['errors'] == run['offered']
         assert 0 <= run['attainment'] <= 1
-    assert (tmp_path / 'serving_timeline.png').stat().st_size > 0
+    for figure in ('backends_timeline.png', 'backends_attainment_accuracy.png'):  # named after the page: another
+        assert (tmp_path / figure).stat().st_size > 0 and f'({figure})' in page  # page's figures stay its own

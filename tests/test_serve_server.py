@@ -1,6 +1,7 @@
 """`scalavit serve` as users run it: a real server in its own process on a loopback port, real HTTP requests."""
 import asyncio
 import base64
+import os
 import signal
 import socket
 import subprocess
@@ -27,13 +28,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, checkpoint, *options):
+    def __init__(self, checkpoint, *options, env=None):
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
              '--profile-repeats', '3', '--max-batch-size', '8', *options],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.process.stdout.read()
@@ -60,9 +61,14 @@ class Server:
         return asyncio.run(send())
 
     def stop(self):
+        """As an orchestrator stops it: SIGTERM, then SIGKILL if it has not ended within 30 s."""
         if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-        self.process.wait(timeout=30)
+            raise
 
 
 @pytest.fixture(scope='module')

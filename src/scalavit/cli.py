@@ -215,6 +215,10 @@ def _serve(args: argparse.Namespace) -> None:
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
           f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
           f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
+    if backend == 'compiled' and runner.device.type == 'cpu':
+        print("scalavit serve: on the CPU a compiled width holds Python's GIL for its whole forward (PyTorch issue "
+              "197516), so requests wait behind each batch: under load --onnxruntime serves better "
+              "(docs/serving_backends.md)", flush=True)
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level='warning',
                             access_log=False, limit_concurrency=args.max_queue + 2 * args.max_batch_size + 32)
     uvicorn.Server(config).run()

@@ -161,6 +161,7 @@ class CompiledWidths:
     The compiled widths read the model's own tensors: weights changed in place are seen, tensors replaced (by
     ``.to()``, or assigning new parameters) are not. The model must stay in eval mode, on its device.
     ``seconds[w]`` is what width ``w`` took to compile or load; ``cached[w]`` whether it came from the cache.
+    ``close()`` unloads the widths and removes the temporary folder each was unpacked into.
     """
 
     def __init__(self, model: SlimmableVisionTransformer, widths: Optional[list[float]] = None,
@@ -221,8 +222,13 @@ class CompiledWidths:
                 return self.model(x, width)
         return torch.cat([runner.loader.run([chunk])[0] for chunk in x.split(MAX_BATCH)])
 
+    def close(self) -> None:
+        self.runners.clear()  # each loader removes its unpacked package when freed
+
     def _runner(self, width: Optional[float]):
         width = self.model.grid.largest if width is None else self.model.grid.snap(width)
+        if not self.runners:
+            raise ValueError("the compiled widths were closed: compile them again")
         if width not in self.runners:
             raise ValueError(f"width {width} was not compiled (compiled: {list(self.runners)}); compile it too")
         return self.runners[width]

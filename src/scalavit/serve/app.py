@@ -190,6 +190,7 @@ def create_app(service: Service) -> FastAPI:
         yield
         if service.batcher is not None:  # SIGTERM: uvicorn has answered what was in flight; end the model thread
             await asyncio.to_thread(service.batcher.stop)
+            service.runner.close()
 
     app = FastAPI(title='scalavit', lifespan=lifespan)
 

@@ -29,14 +29,15 @@ class OnnxRuntimeWidths:
     """Every width exported to ONNX (and checked, as ``scalavit export`` checks it) and run by an ONNX Runtime
     session of its own: ``widths(x, width)`` answers as ``model(x, width)``."""
 
-    def __init__(self, model: SlimmableVisionTransformer, folder: Path, threads: int):
+    def __init__(self, model: SlimmableVisionTransformer, folder: Path, threads: int,
+                 widths: Optional[list[float]] = None):
         import onnxruntime
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         # Idle threads would otherwise spin between batches, taking the cores from preprocessing and HTTP.
         options.add_session_config_entry('session.intra_op.allow_spinning', '0')
         self.grid, self.sessions = model.grid, {}
-        for width in model.widths:
+        for width in model.widths if widths is None else [model.grid.snap(w) for w in widths]:
             export_width(model, width, folder / f'{width:g}', 'onnx')
             self.sessions[width] = onnxruntime.InferenceSession(
                 str(folder / f'{width:g}' / 'model.onnx'), options, providers=['CPUExecutionProvider'])
@@ -85,6 +86,15 @@ class Runner:
         elif self.backend == 'onnxruntime':
             self._onnx_folder = tempfile.TemporaryDirectory(prefix='scalavit-serve-onnx-')
             self.forward = OnnxRuntimeWidths(self.model, Path(self._onnx_folder.name), torch.get_num_threads())
+
+    def close(self) -> None:
+        """Unloads the compiled widths and removes the exported ones: the model thread, a daemon, would keep them
+        past the exit, and their unpacked files in the temporary folder with them."""
+        if isinstance(self.forward, CompiledWidths):
+            self.forward.close()
+        if self.backend == 'onnxruntime' and self.forward is not self.model:
+            self._onnx_folder.cleanup()
+        self.forward = self.model
 
     def preprocess(self, body: bytes) -> torch.Tensor:
         """Any image PIL reads, as the model's input: its size, channels, mean and std (timm's eval transform)."""
