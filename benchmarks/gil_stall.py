@@ -22,7 +22,7 @@ from scalavit.serve.runner import OnnxRuntimeWidths
 
 
 def stalls(forward, x: torch.Tensor, width: float, calls: int) -> tuple[float, float, float]:
-    """The longest and the p99 gap (ms) between the main thread's 1 ms wake-ups, and the mean forward (ms), while
+    """The mean forward, and the longest and the p99 gap between the main thread's 1 ms wake-ups, in ms, while
     another thread runs ``calls`` forwards."""
     with torch.inference_mode():
         forward(x, width)  # warm
@@ -45,7 +45,7 @@ def stalls(forward, x: torch.Tensor, width: float, calls: int) -> tuple[float, f
         last = now
     thread.join()
     elapsed = time.perf_counter() - start
-    return 1e3 * max(gaps), 1e3 * float(np.percentile(gaps, 99)), 1e3 * elapsed / calls
+    return 1e3 * elapsed / calls, 1e3 * max(gaps), 1e3 * float(np.percentile(gaps, 99))
 
 
 def main() -> None:
@@ -74,10 +74,8 @@ def main() -> None:
     print('| backend | forward ms | longest stall ms | p99 stall ms |')
     print('|---|---|---|---|')
     for name, runs in rows.items():
-        cells = [np.array(column) for column in zip(*runs)]
-        forward, longest, p99 = cells[2], cells[0], cells[1]
-        print(f'| {name} | ' + ' | '.join(f'{np.median(c):.1f} [{c.min():.1f}, {c.max():.1f}]'
-                                          for c in (forward, longest, p99)) + ' |')
+        columns = [np.array(column) for column in zip(*runs)]  # forward, longest, p99
+        print(f'| {name} | ' + ' | '.join(f'{np.median(c):.1f} [{c.min():.1f}, {c.max():.1f}]' for c in columns) + ' |')
 
 
 if __name__ == '__main__':

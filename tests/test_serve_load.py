@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import subprocess
 import sys
@@ -6,7 +7,23 @@ from pathlib import Path
 BENCHMARK = Path(__file__).parents[1] / 'benchmarks' / 'serve_load.py'
 
 
-def test_the_load_benchmark_runs_every_policy_on_every_backend_and_writes_its_page(trained, tmp_path):
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location('serve_load', BENCHMARK)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_policy_runs_on_every_backend_named_by_the_policy_alone_when_there_is_one_backend():
+    contenders = load_benchmark().contenders
+    assert contenders(['slackfit', 'fixed:1'], ['eager']) == {'slackfit': ('slackfit', 'eager'),
+                                                              'fixed:1': ('fixed:1', 'eager')}
+    assert contenders(['slackfit', 'fixed:1'], ['eager', 'onnxruntime']) == {
+        'slackfit on eager': ('slackfit', 'eager'), 'fixed:1 on eager': ('fixed:1', 'eager'),
+        'slackfit on onnxruntime': ('slackfit', 'onnxruntime'), 'fixed:1 on onnxruntime': ('fixed:1', 'onnxruntime')}
+
+
+def test_the_load_benchmark_runs_a_policy_on_two_backends_against_one_schedule_and_writes_its_page(trained, tmp_path):
     output = tmp_path / 'backends.md'
     result = subprocess.run([sys.executable, str(BENCHMARK), '--quick', '--checkpoint', str(trained / 'scala'),
                              '--policies', 'slackfit', '--backends', 'eager', 'onnxruntime', '--output', str(output)],
