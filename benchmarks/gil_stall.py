@@ -3,7 +3,9 @@
 `scalavit serve` answers HTTP on one thread while the model runs batches on another: a backend that holds Python's
 GIL for a whole forward makes every request wait behind the batch in progress. This runs forwards of one width on a
 second thread, the way the server's model thread does, while the main thread wakes every millisecond, and prints the
-longest and the 99th-percentile gap between its wake-ups (eager, compiled, ONNX Runtime), beside the forward's time.
+longest and the 99th-percentile gap between its wake-ups (eager; AOTInductor's package, which `eval` and `pick` run;
+the in-process inductor build with its C++ wrapper, which `serve --compile` runs on the CPU; ONNX Runtime), beside
+the forward's time, the time of one image alone, and the time each backend took to build (or load from its cache).
 
     python benchmarks/gil_stall.py --checkpoint runs/serve-tiny56 --threads 1
 """
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 
 from scalavit.checkpoint import load_model
-from scalavit.compiled import CompiledWidths
+from scalavit.compiled import CompiledWidths, JitCompiledWidths
 from scalavit.serve.runner import OnnxRuntimeWidths
 
 
@@ -48,6 +50,17 @@ def stalls(forward, x: torch.Tensor, width: float, calls: int) -> tuple[float, f
     return 1e3 * elapsed / calls, 1e3 * max(gaps), 1e3 * float(np.percentile(gaps, 99))
 
 
+def batch_one(forward, x: torch.Tensor, width: float, calls: int) -> float:
+    """The mean ms of a forward of ``x`` (one image) on this thread."""
+    with torch.inference_mode():
+        for _ in range(10):
+            forward(x, width)
+        start = time.perf_counter()
+        for _ in range(calls):
+            forward(x, width)
+    return 1e3 * (time.perf_counter() - start) / calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--checkpoint', required=True)
@@ -61,22 +74,30 @@ def main() -> None:
     model = load_model(args.checkpoint)[0].eval()
     x = torch.randn(args.batch_size, model.in_chans, *model.patch_embed.img_size)
     with tempfile.TemporaryDirectory() as folder:
-        backends = {'eager': model,
-                    'compiled': CompiledWidths(model, widths=[args.width], progress=False),
-                    'onnxruntime': OnnxRuntimeWidths(model, Path(folder), args.threads, widths=[args.width])}
+        makers = {'eager': lambda: model,
+                  'compiled (AOTInductor)': lambda: CompiledWidths(model, widths=[args.width], progress=False),
+                  'compiled (torch.compile, C++ wrapper)': lambda: JitCompiledWidths(model, widths=[args.width],
+                                                                                     progress=False),
+                  'onnxruntime': lambda: OnnxRuntimeWidths(model, Path(folder), args.threads, widths=[args.width])}
+        backends, built = {}, {}
+        for name, make in makers.items():
+            start = time.perf_counter()
+            backends[name] = make()
+            built[name] = time.perf_counter() - start
         print(f"{args.checkpoint}, width {args.width:g}, batch {args.batch_size}, {args.threads} thread(s), "
               f"{args.calls} forwards a run, {args.repeats} runs in rotated order: median [min, max]")
         rows = {name: [] for name in backends}
         for repeat in range(args.repeats):
             names = list(backends)[repeat % len(backends):] + list(backends)[:repeat % len(backends)]
             for name in names:
-                rows[name].append(stalls(backends[name], x, args.width, args.calls))
-    print('| backend | forward ms | longest stall ms | p99 stall ms |')
-    print('|---|---|---|---|')
+                rows[name].append((batch_one(backends[name], x[:1], args.width, 10 * args.calls),
+                                   *stalls(backends[name], x, args.width, args.calls)))
+    print(f'| backend | built or loaded s | batch-1 ms | batch-{args.batch_size} ms | longest stall ms | p99 stall ms |')
+    print('|---|---|---|---|---|---|')
     for name, runs in rows.items():
-        columns = [np.array(column) for column in zip(*runs)]  # forward, longest, p99
-        print(f'| {name} | ' + ' | '.join(f'{np.median(c):.1f} [{c.min():.1f}, {c.max():.1f}]' for c in columns) + ' |')
-
+        columns = [np.array(column) for column in zip(*runs)]  # batch 1, forward, longest, p99
+        print(f'| {name} | {built[name]:.1f} | '
+              + ' | '.join(f'{np.median(c):.2f} [{c.min():.2f}, {c.max():.2f}]' for c in columns) + ' |')
 
 if __name__ == '__main__':
     main()

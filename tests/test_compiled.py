@@ -1,4 +1,5 @@
-"""Compiled widths (torch.export + AOTInductor): the eager logits at every width, cached, and behind --compile."""
+"""Compiled widths (torch.export + AOTInductor, and torch.compile for serving): the eager logits at every width,
+cached, and behind --compile."""
 import copy
 import json
 import shutil
@@ -13,7 +14,7 @@ from conftest import FAST, make_image_folder, randomize
 from scalavit import compiled
 from scalavit.checkpoint import load_model
 from scalavit.cli import main
-from scalavit.compiled import CompiledWidths
+from scalavit.compiled import CompiledWidths, JitCompiledWidths
 from scalavit.serve.runner import Runner
 from test_serve_server import Server
 
@@ -119,22 +120,55 @@ def test_eval_and_pick_with_compile_measure_the_compiled_widths_with_the_eager_a
     assert 'measured by `scalavit eval`' in out and 'threads, compiled, batch 1' in out
 
 
-def test_serve_with_compile_answers_at_every_width_and_leaves_no_files_behind(run, cache, tmp_path):
+def test_closing_compiled_widths_removes_their_unpacked_packages(model, cache, tmp_path, monkeypatch):
+    monkeypatch.setenv('TMPDIR', str(tmp_path))  # where AOTInductor unpacks each package it loads
+    compiled_widths = CompiledWidths(model, progress=False)
+    assert len(list(tmp_path.glob('aotinductor_*'))) == 3
+    compiled_widths.close()
+    assert not list(tmp_path.glob('aotinductor_*'))
+    with pytest.raises(ValueError, match='closed'):
+        compiled_widths(torch.randn(2, 1, 28, 28), 0.5)
+
+
+def test_jit_compiled_widths_give_the_eager_logits_at_every_batch_size_from_one_graph_a_width(model, cache):
+    graphs = torch._dynamo.utils.counters['stats']['unique_graphs']
+    jit = JitCompiledWidths(model, progress=False)
+    assert set(jit.widths) == {0.5, 0.75, 1.0}
+    with torch.no_grad():
+        for batch in (1, 3, 64):
+            x = torch.randn(batch, 1, 28, 28)
+            for width in model.widths:
+                torch.testing.assert_close(jit(x, width), model(x, width), atol=1e-5, rtol=1e-5)
+        assert jit(torch.randn(0, 1, 28, 28), 0.5).shape == (0, model.num_classes)
+        with torch.inference_mode():
+            x = torch.randn(5, 1, 28, 28)  # an inference tensor, as the server's
+            torch.testing.assert_close(jit(x, 0.75), model(x, 0.75), atol=1e-5, rtol=1e-5)
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] - graphs == 3  # no batch size compiled another
+    assert list((cache / 'inductor').iterdir())  # inductor's cache, kept with the packages
+    with pytest.raises(ValueError, match='torch.float64'):
+        jit(torch.randn(2, 1, 28, 28).double(), 0.5)
+
+
+def test_serve_with_compile_answers_as_the_eager_model_at_every_width(run, cache, tmp_path):
     png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()
-    CompiledWidths(load_model(str(run))[0].eval(), progress=False)  # the server then loads from the cache
+    JitCompiledWidths(load_model(str(run))[0].eval(), progress=False)  # the server then builds nothing
     server = Server(run, '--compile', env={'TMPDIR': str(tmp_path)})
     try:
-        assert len(list(tmp_path.glob('aotinductor_*'))) == 3  # each width unpacked while it serves
-        profile = {row['width']: row for row in httpx.get(f'{server.url}/widths').json()['profile']}
-        assert set(profile) == {0.5, 0.75, 1.0}
-        assert httpx.get(f'{server.url}/widths').json()['backend'] == 'compiled'
-        for width in profile:
+        widths = httpx.get(f'{server.url}/widths').json()
+        assert widths['backend'] == 'compiled' and widths['widths'] == [0.5, 0.75, 1.0]
+        eager = Runner(str(run))
+        for width in widths['widths']:
             response = server.post(png, **{'X-Width': str(width)})
-            assert response.status_code == 200 and response.json()['width'] == width
+            assert response.status_code == 200, response.text
+            assert response.json()['width'] == width
+            expected = eager.run([eager.preprocess(png)], width)[0]
+            answered = [(row['label'], row['probability']) for row in response.json()['top5']]
+            assert [label for label, _ in answered] == [label for label, _ in expected]
+            assert [p for _, p in answered] == pytest.approx([p for _, p in expected], abs=1e-4)
     finally:
         server.stop()
-    assert not list(tmp_path.glob('aotinductor_*'))  # SIGTERM unloads them: nothing piles up in /tmp
-    assert '--onnxruntime serves better' in server.process.stdout.read()  # the GIL caveat, said at start
+    # nothing left in the temporary folder but inductor's precompiled headers, one folder that every start reuses
+    assert all(path.name.startswith('torchinductor_') for path in tmp_path.iterdir())
 
 
 def test_serve_with_onnxruntime_answers_at_every_width_from_the_exported_widths(run):

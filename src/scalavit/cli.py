@@ -70,10 +70,11 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resume', help='continue the run in this directory (or from this last.pt)')
 
 
-def _add_compile_options(parser: argparse.ArgumentParser) -> None:
+def _add_compile_options(parser: argparse.ArgumentParser, serving: bool = False) -> None:
+    how = ("torch.compile with inductor's C++ wrapper on the CPU, which releases the GIL; AOTInductor on CUDA" if serving
+           else 'torch.export + AOTInductor')
     parser.add_argument('--compile', action='store_true',
-                        help='run every width compiled ahead of time (torch.export + AOTInductor, one graph per width; '
-                             'compiled once, then cached)')
+                        help=f'run every width compiled ({how}; one graph per width, compiled once, then cached)')
     parser.add_argument('--compile-cache', type=Path,
                         help='folder of the compiled widths (default $SCALAVIT_CACHE_DIR or ~/.cache/scalavit/compiled)')
 
@@ -215,10 +216,6 @@ def _serve(args: argparse.Namespace) -> None:
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
           f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
           f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
-    if backend == 'compiled' and runner.device.type == 'cpu':
-        print("scalavit serve: on the CPU a compiled width holds Python's GIL for its whole forward (PyTorch issue "
-              "197516), so requests wait behind each batch: under load --onnxruntime serves better "
-              "(docs/serving_backends.md)", flush=True)
     config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level='warning',
                             access_log=False, limit_concurrency=args.max_queue + 2 * args.max_batch_size + 32)
     uvicorn.Server(config).run()
@@ -315,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--profile-repeats', type=int, default=30, help='timed calls per (width, batch size)')
     serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
     serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
-    _add_compile_options(serve)
+    _add_compile_options(serve, serving=True)
     serve.add_argument('--onnxruntime', action='store_true',
                        help='serve every width through ONNX Runtime (each exported to ONNX and checked at start; CPU)')
     serve.set_defaults(run=_serve)

@@ -7,6 +7,10 @@ packages hold no weights: they read the model's own tensors (``user_managed``), 
 more memory than one model. Packages are cached on disk by what decides the code (the exported graph, the weights'
 shapes and dtypes, torch, the device), so a later start, or another checkpoint of the same architecture, loads them in
 milliseconds.
+
+``JitCompiledWidths`` is the same interface built in this process by ``torch.compile`` with inductor's C++ wrapper,
+whose forward releases Python's GIL: the server's backend on the CPU. ``compile_for_training`` compiles the model's
+forward and backward at every width for ``scalavit train --compile``.
 """
 import hashlib
 import os
@@ -20,6 +24,8 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+from torch._dynamo.decorators import mark_unbacked
+from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 from torch.export import Dim, ExportedProgram
 from tqdm import tqdm
 
@@ -177,14 +183,13 @@ class CompiledWidths:
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         widths = model.widths if widths is None else [model.grid.snap(w) for w in widths]
-        tensors = {f'model.{name}': t for name, t in (*model.named_parameters(), *model.named_buffers())}
         self.runners, self.seconds, self.cached = {}, {}, {}
         for width in tqdm(widths, desc='compiling widths', unit='width', disable=not progress):
             start = time.perf_counter()
-            self.runners[width], self.cached[width] = self._load(width, tensors)
+            self.runners[width], self.cached[width] = self._load(width)
             self.seconds[width] = time.perf_counter() - start
 
-    def _load(self, width: float, tensors: dict[str, torch.Tensor]):
+    def _load(self, width: float):
         program = export_program(self.model, tuple(self.input_size), width)
         path = self.cache_dir / f'width-{width:g}-{_cache_key(program, self.device)}.pt2'
         cached = path.is_file()
@@ -198,6 +203,7 @@ class CompiledWidths:
                 raise
             compile_package(program, path, weights=False)
             runner, cached = torch._inductor.aoti_load_package(str(path)), False
+        tensors = {f'model.{name}': t for name, t in (*self.model.named_parameters(), *self.model.named_buffers())}
         runner.load_constants({name: tensors[name] for name in runner.get_constant_fqns()},
                               check_full_update=True, user_managed=True)
         return runner, cached
@@ -214,12 +220,15 @@ class CompiledWidths:
             runner = self._runner(width)
         if x.shape[1:] != self.input_size or x.device != self.device or x.dtype != self.dtype:
             self._check(x)
-        # The loader's run takes the flat inputs; the package's __call__ rebuilds its pytree specs on every call.
-        if 0 < len(x) <= MAX_BATCH:
-            return runner.loader.run([x])[0]
         if len(x) == 0:
             with torch.no_grad():
                 return self.model(x, width)
+        return self._run(runner, x)
+
+    def _run(self, runner, x: torch.Tensor) -> torch.Tensor:
+        # The loader's run takes the flat inputs; the package's __call__ rebuilds its pytree specs on every call.
+        if len(x) <= MAX_BATCH:
+            return runner.loader.run([x])[0]
         return torch.cat([runner.loader.run([chunk])[0] for chunk in x.split(MAX_BATCH)])
 
     def close(self) -> None:
@@ -237,3 +246,42 @@ class CompiledWidths:
         _checked_input(x, self.model.in_chans, self.model.patch_embed.img_size)
         if x.device != self.device or x.dtype != self.dtype:
             raise ValueError(f"input on {x.device} in {x.dtype}: the compiled widths take {self.dtype} on {self.device}")
+
+
+class JitCompiledWidths(CompiledWidths):
+    """The model's widths compiled in this process by ``torch.compile`` with inductor's C++ wrapper, for serving on
+    the CPU: ``compiled(x, width)`` answers as ``model(x, width)`` and releases Python's GIL while it computes.
+
+    AOTInductor's Python binding holds the GIL for the whole forward (PyTorch issue 197516): on the CPU a server's
+    HTTP thread then waits as long as a batch computes. The C++ wrapper inductor generates for ``torch.compile``
+    releases it. One graph per width, its batch dimension unbacked so that every batch size, 1 included, runs the same
+    graph (and no call compiles). Inductor caches the built code under ``cache_dir / 'inductor'``: a later
+    start traces each width again but builds nothing (``cached[w]`` is always False: the hit is inductor's). The
+    weights are read in place, as by ``CompiledWidths``.
+    """
+
+    def __init__(self, model: SlimmableVisionTransformer, widths: Optional[list[float]] = None,
+                 cache_dir: Optional[Path] = None, progress: bool = True):
+        count = len(model.widths if widths is None else widths)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, count + 8)
+        super().__init__(model, widths, cache_dir, progress)
+
+    def _load(self, width: float):
+        function = torch.compile(AtWidth(self.model, width), fullgraph=True, options={'cpp_wrapper': True})
+        with torch.inference_mode():
+            example = torch.zeros(2, *self.input_size, device=self.device, dtype=self.dtype)
+        mark_unbacked(example, 0)
+        with temporary_cache_dir(str(self.cache_dir / 'inductor')):
+            try:
+                self._run(function, example)
+            except Exception as error:
+                first_line = (str(error).strip().splitlines() or [''])[0]
+                raise CompileError(f"inductor could not compile width {width:g} ({type(error).__name__}: "
+                                   f"{first_line}); run without --compile") from error
+        return function, False
+
+    def _run(self, function, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            # Dynamo guards on whether the input is an inference tensor: the server's are, and the graph is built for
+            # them; another input is copied (microseconds against the forward) rather than compiled for twice.
+            return function(x if x.is_inference() else x.clone())
