@@ -262,8 +262,8 @@ class JitCompiledWidths(CompiledWidths):
 
     def __init__(self, model: SlimmableVisionTransformer, widths: Optional[list[float]] = None,
                  cache_dir: Optional[Path] = None, progress: bool = True):
-        count = len(model.widths if widths is None else widths)
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, count + 8)
+        # Dynamo keeps the graphs of every AtWidth on the one code object they share: room for these widths' too.
+        torch._dynamo.config.recompile_limit += len(model.widths if widths is None else widths)
         super().__init__(model, widths, cache_dir, progress)
 
     def _load(self, width: float):
