@@ -72,6 +72,14 @@ def _check_same_run(output: Path, config: TrainConfig) -> None:
                  "remove that folder or give the study another --output")
 
 
+def logged_seconds(run: Path) -> float:
+    """The training seconds of the epochs in ``run``'s log (none: 0)."""
+    log = run / 'log.jsonl'
+    if not log.is_file():
+        return 0.0
+    return sum(json.loads(line)['time_s'] for line in log.read_text().splitlines() if line.strip())
+
+
 def train_once(root: Path, timings: Timings, name: str, common: dict, **options) -> Path:
     """Train, or continue an interrupted run, or skip a finished one."""
     output = run_dir(root, name)
@@ -86,9 +94,10 @@ def train_once(root: Path, timings: Timings, name: str, common: dict, **options)
         resume = str(output)
     elif output.is_dir() and any(output.iterdir()):
         resume = str(output)  # stopped before its first checkpoint: starts again in its own directory
+    # A run continued with a larger budget has its time recorded; a stopped one only its log's epochs.
+    earlier = max(timings.seconds.get(f'train {name}', 0), logged_seconds(output)) if resume else 0
     start = time.perf_counter()
     train(config, resume=resume)
-    earlier = timings.seconds.get(f'train {name}', 0) if resume else 0  # a run continued with a larger budget
     seconds = earlier + time.perf_counter() - start
     timings.record(f'train {name}', seconds)
     print(f"[{name}] trained in {seconds:.0f} s", flush=True)
