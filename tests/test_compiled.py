@@ -135,11 +135,10 @@ def test_closing_compiled_widths_removes_their_unpacked_packages(model, cache, t
         compiled_widths(torch.randn(2, 1, 28, 28), 0.5)
 
 
-def test_jit_compiled_widths_give_the_eager_logits_at_every_batch_size_from_one_graph_a_width(model, cache,
-                                                                                            monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, 'recompile_limit', 1)  # the widths make room for themselves
+def test_jit_compiled_widths_give_the_eager_logits_at_every_batch_size_from_one_graph_a_width(model, cache):
     graphs = torch._dynamo.utils.counters['stats']['unique_graphs']
-    jit = JitCompiledWidths(model, progress=False)
+    with torch._dynamo.config.patch(recompile_limit=1):  # the widths make room for themselves
+        jit = JitCompiledWidths(model, progress=False)
     assert set(jit.widths) == {0.5, 0.75, 1.0}
     assert_eager_logits(jit, model)
     with torch.inference_mode():
