@@ -99,5 +99,6 @@ def main() -> None:
         print(f'| {name} | {built[name]:.1f} | '
               + ' | '.join(f'{np.median(c):.2f} [{c.min():.2f}, {c.max():.2f}]' for c in columns) + ' |')
 
+
 if __name__ == '__main__':
     main()
