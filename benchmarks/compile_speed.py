@@ -127,7 +127,7 @@ def main() -> None:
             x = torch.randn(batch_size, *input_size)
             print(f"\nbatch {batch_size}: median ms of each implementation (over its rounds), and the ratios' median "
                   f"(range) over {args.rounds} rounds")
-            print(f"| width | eager ms | compiled ms | ONNX Runtime ms | compiled / eager | ONNX Runtime / eager |")
+            print("| width | eager ms | compiled ms | ONNX Runtime ms | compiled / eager | ONNX Runtime / eager |")
             print("|---|---|---|---|---|---|")
             for width in model.widths:
                 fns = {'eager': lambda: model(x, width), 'compiled': lambda: compiled(x, width),

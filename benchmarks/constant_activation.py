@@ -19,7 +19,7 @@ from scalavit.files import write_text_atomically
 from scalavit.widths import WidthGrid
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (Runs, Timings, accuracies, command_line, machine_line, markdown_table,  # noqa: E402
+from study import (accuracies, command_line, machine_line, open_runs, markdown_table,  # noqa: E402
                    plot_curves, quick_setup, study_arguments, teacher_epochs)
 
 WIDTHS = WidthGrid().widths
@@ -30,7 +30,7 @@ def main() -> None:
     args = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/constant_activation.md').parse_args()
     common = quick_setup(args)
     epochs, teacher = args.epochs, teacher_epochs(args)
-    runs = Runs(args.output, Timings(args.output / 'timings.json'), common)
+    runs = open_runs(args, common)
     trained = {
         'Scala': runs.scala(epochs, teacher),
         'Scala w/o CA': runs.scala(epochs, teacher, label='Scala w/o CA', always_smallest=False),

@@ -20,7 +20,7 @@ from pathlib import Path
 from scalavit.files import write_text_atomically
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (Runs, Timings, command_line, machine_line, markdown_table, plot_curves,  # noqa: E402
+from study import (command_line, machine_line, open_runs, markdown_table, plot_curves,  # noqa: E402
                    quick_setup, study_arguments, teacher_epochs)
 
 NAMES = ('full', 'upper', 'lower', 'smallest')
@@ -48,7 +48,7 @@ def main() -> None:
     args = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/grad_interference.md').parse_args()
     common = quick_setup(args)
     epochs, teacher = args.epochs, teacher_epochs(args)
-    runs = Runs(args.output, Timings(args.output / 'timings.json'), common)
+    runs = open_runs(args, common)
     rows = {'Scala': read_rows(runs.scala(epochs, teacher)),
             'Scala w/o IA': read_rows(runs.scala(epochs, teacher, label='Scala w/o IA', isolated_activation=False))}
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from scalavit.files import write_text_atomically
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (Runs, Timings, accuracies, command_line, machine_line, markdown_table,  # noqa: E402
+from study import (accuracies, command_line, machine_line, open_runs, markdown_table,  # noqa: E402
                    plot_curves, quick_setup, study_arguments, teacher_epochs)
 
 STEPS = (4, 8, 16, 32)  # granularity 1/n
@@ -29,7 +29,7 @@ def main() -> None:
     args = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/granularity.md').parse_args()
     common = quick_setup(args)
     epochs, teacher = args.epochs, teacher_epochs(args)
-    runs = Runs(args.output, Timings(args.output / 'timings.json'), common)
+    runs = open_runs(args, common)
     trained = {n: runs.scala(epochs, teacher, **({} if n == 16 else dict(label=f'Scala grid 1-{n}', granularity=1 / n)))
                for n in STEPS}
     count = {n: round(0.75 * n) + 1 for n in STEPS}  # widths 0.25 to 1 by 1/n

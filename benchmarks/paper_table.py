@@ -22,8 +22,8 @@ from scalavit.model import FASHION_MODEL
 from scalavit.report import plot
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (DISTILLED_MODEL, Runs, Timings, command_line, differences, evaluate_once,  # noqa: E402
-                   last_row, machine_line, markdown_table, quick_setup, run_dir, signed, study_arguments,
+from study import (DISTILLED_MODEL, Timings, command_line, differences, evaluate_once,  # noqa: E402
+                   last_row, machine_line, markdown_table, open_runs, quick_setup, run_dir, signed, study_arguments,
                    teacher_epochs as default_teacher_epochs, top1)
 
 SEPARATE_WIDTHS = (0.25, 0.5, 0.75, 1.0)
@@ -180,8 +180,8 @@ def main():
     args = parser.parse_args()
     common = quick_setup(args)
     epochs, teacher_epochs = args.epochs, default_teacher_epochs(args)
-    timings = Timings(args.output / 'timings.json')
-    runs = Runs(args.output, timings, common)
+    runs = open_runs(args, common, weights=True)  # every run is evaluated from its checkpoint
+    timings = runs.timings
     latency_repeats = 3 if args.quick else 30
 
     def evaluated(name: str, paths: list[Path]) -> list[dict]:

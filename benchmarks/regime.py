@@ -19,7 +19,7 @@ from pathlib import Path
 from scalavit.files import write_text_atomically
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (DEEP_MODEL, Runs, Timings, accuracies, command_line, machine_line,  # noqa: E402
+from study import (DEEP_MODEL, Runs, accuracies, command_line, machine_line, open_runs,  # noqa: E402
                    markdown_table, plot_curves, quick_setup, study_arguments, teacher_epochs)
 
 WIDTHS = (0.25, 1.0)
@@ -58,7 +58,7 @@ def main() -> None:
                         help='also the default model against one twice as deep, at the smallest budget')
     args = parser.parse_args()
     common = quick_setup(args)
-    runs = Runs(args.output, Timings(args.output / 'timings.json'), common)
+    runs = open_runs(args, common)
     budgets = sorted(args.budgets)  # the cheap budgets first: a stopped study has them
     by_budget = {epochs: measure(runs, epochs, teacher_epochs(args, epochs)) for epochs in budgets}
     first, first_teacher = budgets[0], teacher_epochs(args, budgets[0])

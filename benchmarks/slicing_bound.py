@@ -18,7 +18,7 @@ from scalavit.files import write_text_atomically
 from scalavit.widths import WidthGrid
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (Runs, Timings, accuracies, command_line, machine_line, markdown_table,  # noqa: E402
+from study import (accuracies, command_line, machine_line, open_runs, markdown_table,  # noqa: E402
                    plot_curves, quick_setup, study_arguments, teacher_epochs)
 
 BOUNDS = (0.125, 0.25, 0.375, 0.5)
@@ -29,7 +29,7 @@ def main() -> None:
     args = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/slicing_bound.md').parse_args()
     common = quick_setup(args)
     epochs, teacher = args.epochs, teacher_epochs(args)
-    runs = Runs(args.output, Timings(args.output / 'timings.json'), common)
+    runs = open_runs(args, common)
     trained = {s: runs.scala(epochs, teacher, **({} if s == 0.25 else dict(label=f'Scala smallest {s}', smallest=s)))
                for s in BOUNDS}
     grids = {s: WidthGrid(s, 1.0).widths for s in BOUNDS}

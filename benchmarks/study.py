@@ -4,6 +4,10 @@ train on, and the pieces of the pages they write.
 A run is named, and lives in ``<output>/<name>``; a study that asks for a run that is already trained reuses it, one
 that was interrupted is resumed, and a name that holds a run of another configuration is refused. So a stopped study
 continues where it stopped, and studies sharing an output folder share the runs they have in common.
+
+Weights stay on the machine that trained them, but each finished run's configuration, log and time are kept in git
+beside the pages (``docs/study_runs/``): a study continued on a new machine takes its finished runs' results from
+there, and trains again only a run whose weights it needs (a teacher with students still to train).
 """
 import argparse
 import dataclasses
@@ -12,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import matplotlib
 import torch
@@ -35,16 +40,23 @@ GRAD_STATS_EVERY = 50  # every Scala and US-Net run records its gradients this o
 
 
 class Timings:
-    """Seconds each stage of the study took, kept in a file so that a continued study adds to them."""
+    """Seconds each stage of the study took, kept in a file so that a continued study adds to them (and, with
+    ``kept``, in the record of the runs too: a machine's own file wins over it)."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.seconds = json.loads(path.read_text()) if path.is_file() else {}
+    def __init__(self, path: Path, kept: Optional[Path] = None):
+        self.paths = [path] + ([kept] if kept else [])
+        self.seconds = {}
+        for file in reversed(self.paths):
+            self.seconds.update(json.loads(file.read_text()) if file.is_file() else {})
 
     def record(self, stage: str, seconds: float) -> None:
         self.seconds[stage] = round(seconds, 1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomically(self.path, json.dumps(self.seconds, indent=2) + '\n')
+        self.save()
+
+    def save(self) -> None:
+        for path in self.paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomically(path, json.dumps(self.seconds, indent=2) + '\n')
 
     def total_hours(self, stages=None) -> float:
         return sum(s for stage, s in self.seconds.items() if stages is None or stage in stages) / 3600
@@ -58,6 +70,11 @@ def run_dir(root: Path, name: str) -> Path:
     return root / name.replace('/', '').replace(' ', '_').replace('.', '').replace('+', 'plus')
 
 
+def _comparable(config: dict) -> dict:
+    """A run's configuration as it is compared: its teacher by run, wherever the runs folder is."""
+    return {**config, 'teacher': Path(config['teacher']).parent.name if config.get('teacher') else None}
+
+
 def _check_same_run(output: Path, config: TrainConfig) -> None:
     saved_file = output / 'config.json'
     if not saved_file.is_file():
@@ -65,11 +82,50 @@ def _check_same_run(output: Path, config: TrainConfig) -> None:
     saved, asked = json.loads(saved_file.read_text()), json.loads(json.dumps(dataclasses.asdict(config)))
     for field in dataclasses.fields(TrainConfig):  # an option added since that run was made had its default there
         saved.setdefault(field.name, json.loads(json.dumps(field.default)))
+    saved, asked = _comparable(saved), _comparable(asked)
     differ = [key for key in asked if key not in _MAY_DIFFER and saved[key] != asked[key]]
     if differ:
         key = differ[0]
         sys.exit(f"{output} holds a run with {key}={saved.get(key)!r}, this study asks for {asked[key]!r}; "
                  "remove that folder or give the study another --output")
+
+
+def log_finished(run: Path, config: dict) -> bool:
+    """Whether ``run``'s log reached the end of its budget (a run capped by --quick's max_steps: any epoch)."""
+    if not (run / 'log.jsonl').is_file():
+        return False
+    return config.get('max_steps') is not None or last_row(run).get('epoch') == config['epochs']
+
+
+def _finished(output: Path, config: TrainConfig) -> Optional[str]:
+    """'weights' when the run's checkpoint is at the end of its budget, 'record' when only its kept configuration
+    and log are here and reached it, None when it has still to train."""
+    if (output / 'last.pt').exists():
+        checkpoint = torch.load(output / 'last.pt', weights_only=False)
+        done = checkpoint['epoch'] >= config.epochs or checkpoint['step'] >= (config.max_steps or float('inf'))
+        return 'weights' if done else None
+    return 'record' if log_finished(output, dataclasses.asdict(config)) else None
+
+
+_KEPT_FILES = ('config.json', 'log.jsonl')
+
+
+def keep_record(run: Path, kept: Path) -> None:
+    """Copy the finished ``run``'s configuration and log into the record ``kept`` (a folder in git)."""
+    (kept / run.name).mkdir(parents=True, exist_ok=True)
+    for name in _KEPT_FILES:
+        write_text_atomically(kept / run.name / name, (run / name).read_text())
+
+
+def restore_records(root: Path, kept: Path) -> None:
+    """Every run of the record ``kept`` that ``root`` lacks, copied in: its results, without its weights."""
+    for record in sorted(kept.glob('*/log.jsonl')):
+        run = root / record.parent.name
+        if run.is_dir() and any(run.iterdir()):
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        for name in _KEPT_FILES:
+            write_text_atomically(run / name, (record.parent / name).read_text())
 
 
 def logged_seconds(run: Path) -> float:
@@ -80,26 +136,30 @@ def logged_seconds(run: Path) -> float:
     return sum(json.loads(line)['time_s'] for line in log.read_text().splitlines() if line.strip())
 
 
-def train_once(root: Path, timings: Timings, name: str, common: dict, **options) -> Path:
-    """Train, or continue an interrupted run, or skip a finished one."""
+def train_once(root: Path, timings: Timings, name: str, common: dict, kept: Optional[Path] = None,
+               weights: bool = False, before_training: Optional[Callable[[], object]] = None, **options) -> Path:
+    """Train, or continue an interrupted run, or skip a finished one (with ``weights``: one whose checkpoint is here,
+    not only its record). A run it trains goes into the record ``kept``; ``before_training`` runs first."""
     output = run_dir(root, name)
     config = TrainConfig(output=str(output), **{**common, **options})
     _check_same_run(output, config)
-    resume = None
-    if (output / 'last.pt').exists():
-        checkpoint = torch.load(output / 'last.pt', weights_only=False)
-        if checkpoint['epoch'] >= config.epochs or checkpoint['step'] >= (config.max_steps or float('inf')):
-            print(f"[{name}] already trained in {output}")
-            return output
-        resume = str(output)
-    elif output.is_dir() and any(output.iterdir()):
-        resume = str(output)  # stopped before its first checkpoint: starts again in its own directory
+    finished = _finished(output, config)
+    if finished == 'weights' or (finished == 'record' and not weights):
+        print(f"[{name}] already trained in {output}" + (' (its record: no weights here)' if finished == 'record'
+                                                         else ''))
+        return output
+    if before_training:
+        before_training()
+    # A run stopped before its first checkpoint, or known here only by its record, starts again in its own folder.
+    resume = str(output) if output.is_dir() and any(output.iterdir()) else None
     # A run continued with a larger budget has its time recorded; a stopped one only its log's epochs.
-    earlier = max(timings.seconds.get(f'train {name}', 0), logged_seconds(output)) if resume else 0
+    earlier = max(timings.seconds.get(f'train {name}', 0), logged_seconds(output)) if resume and not finished else 0
     start = time.perf_counter()
     train(config, resume=resume)
     seconds = earlier + time.perf_counter() - start
     timings.record(f'train {name}', seconds)
+    if kept:
+        keep_record(output, kept)
     print(f"[{name}] trained in {seconds:.0f} s", flush=True)
     return output
 
@@ -115,24 +175,33 @@ class Runs:
     model: str = FASHION_MODEL
     distilled_model: str = DISTILLED_MODEL
     prefix: str = ''  # names the architecture in the runs' names when it is not the default
+    kept: Optional[Path] = None  # the record of finished runs in git (see open_runs)
+    weights: bool = False  # every run's checkpoint must be here, not only its record (paper_table.py evaluates them)
 
     def deeper(self) -> 'Runs':
         """The same runs of the default model made twice as deep (the capacity axis)."""
         return dataclasses.replace(self, model=DEEP_MODEL, distilled_model=DEEP_DISTILLED_MODEL, prefix='deep ')
 
-    def train(self, name: str, **options) -> Path:
-        return train_once(self.root, self.timings, name, self.common, **options)
+    def train(self, name: str, weights: bool = False, **options) -> Path:
+        return train_once(self.root, self.timings, name, self.common, self.kept, weights or self.weights, **options)
 
     def minutes(self, run: Path) -> float:
         """How long ``run`` trained (its own stage in the timings: the run's folder is its name)."""
         return next((seconds / 60 for stage, seconds in self.timings.seconds.items()
                      if stage.startswith('train ') and run_dir(self.root, stage[6:]) == run), float('nan'))
 
-    def teacher(self, epochs: int) -> Path:
-        """The separate full-width model that teaches Scala and ST+KD (seed 0)."""
-        run = self.train(f'{self.prefix}teacher {epochs}ep', method='separate', width=1.0, model=self.model,
-                         epochs=epochs, seed=0)
+    def teacher(self, epochs: int, weights: bool = False) -> Path:
+        """The checkpoint of the separate full-width model that teaches Scala and ST+KD (seed 0); with ``weights``
+        it is trained here if only its record is (a student is about to train)."""
+        run = self.train(f'{self.prefix}teacher {epochs}ep', weights, method='separate', width=1.0,
+                         model=self.model, epochs=epochs, seed=0)
         return (run / 'last.pt').resolve()  # the same in every run's configuration, wherever the study starts
+
+    def taught(self, name: str, teacher_epochs: int, **options) -> Path:
+        """A run taught by the teacher of ``teacher_epochs``, whose weights are needed only if this run trains."""
+        teacher = (run_dir(self.root, f'{self.prefix}teacher {teacher_epochs}ep') / 'last.pt').resolve()
+        return self.train(name, teacher=str(teacher), model=self.distilled_model,
+                          before_training=lambda: self.teacher(teacher_epochs, weights=True), **options)
 
     def separate(self, width: float, epochs: int, seed: int = 0, teacher_epochs: int = None) -> Path:
         """Separate Training at ``width``; with ``teacher_epochs``, ST+KD: taught by that teacher (DeiT's hard
@@ -140,15 +209,13 @@ class Runs:
         if teacher_epochs is None:
             return self.train(f'{self.prefix}ST {width} {epochs}ep s{seed}', method='separate', width=width,
                               model=self.model, epochs=epochs, seed=seed)
-        return self.train(f'{self.prefix}ST+KD {width} {epochs}ep s{seed} t{teacher_epochs}', method='separate',
-                          width=width, model=self.distilled_model, teacher=str(self.teacher(teacher_epochs)),
-                          epochs=epochs, seed=seed)
+        return self.taught(f'{self.prefix}ST+KD {width} {epochs}ep s{seed} t{teacher_epochs}', teacher_epochs,
+                           method='separate', width=width, epochs=epochs, seed=seed)
 
     def scala(self, epochs: int, teacher_epochs: int, seed: int = 0, label: str = 'Scala', **options) -> Path:
         """Scala (or, with ``options``, a variant named ``label``) on the distilled model, taught by the teacher."""
-        return self.train(f'{self.prefix}{label} {epochs}ep s{seed} t{teacher_epochs}', method='scala',
-                          model=self.distilled_model, teacher=str(self.teacher(teacher_epochs)), epochs=epochs,
-                          seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
+        return self.taught(f'{self.prefix}{label} {epochs}ep s{seed} t{teacher_epochs}', teacher_epochs,
+                           method='scala', epochs=epochs, seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
 
     def seed_note(self, epochs: int, teacher_epochs: int, widths) -> str:
         """What two seeds of Scala differ by (paper_table.py trains them), the yardstick of every difference."""
@@ -164,6 +231,15 @@ class Runs:
     def usnet(self, epochs: int, seed: int = 0, label: str = 'US-Net', **options) -> Path:
         return self.train(f'{self.prefix}{label} {epochs}ep s{seed}', method='usnet', model=self.model,
                           epochs=epochs, seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
+
+
+def open_runs(args: argparse.Namespace, common: dict, weights: bool = False) -> Runs:
+    """The runs under --output, with the record of finished runs kept beside the page (``docs/study_runs/`` for the
+    real studies) restored into it first: a new machine reuses every result recorded there."""
+    kept = args.doc.parent / 'study_runs'
+    restore_records(args.output, kept)
+    return Runs(args.output, Timings(args.output / 'timings.json', kept / 'timings.json'), common, kept=kept,
+                weights=weights)
 
 
 def evaluate_once(paths: list[Path], output: Path, timings: Timings, name: str, latency_repeats: int) -> list[dict]:
@@ -284,38 +360,46 @@ def machine_line() -> str:
     return f"{cpu_name()} with {torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
-def run_summary(root: Path) -> str:
+def finished_runs(root: Path) -> list[Path]:
+    """The runs under ``root`` that reached the end of their budget (not those still training)."""
+    return [log.parent for log in sorted(root.glob('*/log.jsonl'))
+            if log_finished(log.parent, json.loads((log.parent / 'config.json').read_text()))]
+
+
+def run_summary(root: Path, timings: Timings) -> str:
     """Every finished run under ``root``: what it is, how long it trained, and its test top-1 at the quarter widths."""
-    timings = Timings(root / 'timings.json')
     defaults = {field.name: json.loads(json.dumps(field.default)) for field in dataclasses.fields(TrainConfig)}
     shown = ('method', 'model', 'epochs', 'seed', 'width', 'smallest', 'granularity', 'teacher')
     rows = []
-    for log in sorted(root.glob('*/log.jsonl')):
-        config = json.loads((log.parent / 'config.json').read_text())
-        if config.get('max_steps') is None and last_row(log.parent).get('epoch') != config['epochs']:
-            continue  # still training
+    for run in finished_runs(root):
+        config = json.loads((run / 'config.json').read_text())
         changed = [f'{k}={v}' for k, v in config.items() if k not in shown + ('output', 'data', 'workers', 'max_steps',
                                                                                  'grad_stats') and v != defaults.get(k)]
-        row = last_row(log.parent)
+        row = last_row(run)
         seconds = timings.seconds.get(next((s for s in timings.seconds if s.startswith('train ') and
-                                            run_dir(root, s[6:]) == log.parent), ''), float('nan'))
+                                            run_dir(root, s[6:]) == run), ''), float('nan'))
         widths = [w for w in (0.25, 0.5, 0.75, 1.0) if f'top1@{w:g}' in row]
         top1 = ' / '.join(f"{w:g}: {row[f'top1@{w:g}']:.2f}" for w in widths)
-        rows.append([log.parent.name, config['method'], str(config['epochs']), str(config['seed']),
+        rows.append([run.name, config['method'], str(config['epochs']), str(config['seed']),
                      Path(config['teacher']).parent.name if config.get('teacher') else '', ' '.join(changed),
                      f'{seconds / 60:.1f}', top1])
     return markdown_table(['run', 'method', 'epochs', 'seed', 'teacher', 'options', 'minutes', 'top-1 (%)'], rows)
 
 
 if __name__ == '__main__':
-    parser = argparse.ArgumentParser(description='Every finished run of the studies, as a markdown table: the record '
-                                                 'kept while they run')
+    parser = argparse.ArgumentParser(description='Every finished run of the studies, as a markdown table, and each '
+                                                 'kept in the record beside it (docs/study_runs/)')
     parser.add_argument('--output', type=Path, default=Path('runs/studies'))
     parser.add_argument('--doc', type=Path, default=Path('docs/study_runs.md'))
     args = parser.parse_args()
+    runs = open_runs(args, {})
+    for run in finished_runs(args.output):
+        keep_record(run, runs.kept)
+    runs.timings.save()
     text = (f"# The studies' runs\n\n`python benchmarks/study.py`: every finished run under `{args.output}` (the "
-            f"runs the study pages are made of), on {machine_line()}. Test top-1 after the last epoch, on the "
-            f"10,000 Fashion-MNIST test images for the built-in data (a separate model's one width is its 1: ST_025 is "
-            f"the model of width 0.25).\n\n{run_summary(args.output)}\n")
+            f"runs the study pages are made of; their configurations and logs are kept in `{runs.kept}`), on "
+            f"{machine_line()}. Test top-1 after the last epoch, on the 10,000 Fashion-MNIST test images for the "
+            f"built-in data (a separate model's one width is its 1: ST_025 is the model of width 0.25).\n\n"
+            f"{run_summary(args.output, runs.timings)}\n")
     write_text_atomically(args.doc, text)
     print(text)

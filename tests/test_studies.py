@@ -1,6 +1,7 @@
 """The studies of benchmarks/ (--quick): each trains its runs on a few steps, shares them with the others, and
 writes its page."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,28 @@ def test_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reu
     assert config(output, 'deep_Scala_5ep_s0_t15')['teacher'].endswith('deep_teacher_15ep/last.pt')
     again, _ = study('regime', output, '--budgets', '5', '10')
     assert '] trained in' not in again
+
+
+def test_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_whose_student_is_missing(output):
+    root = output.with_name(output.name + '_quick')
+    kept = root / 'study_runs'
+    assert json.loads((kept / 'Scala_10ep_s0_t30' / 'config.json').read_text())['epochs'] == 10
+    _, page = study('regime', output, '--budgets', '5', '10')
+    # a new machine: no runs, only the record that git holds (and the quick data, at the same path)
+    old = root.rename(root.with_name('old_machine'))
+    try:
+        shutil.copytree(old / 'study_runs', kept)
+        shutil.copytree(old / 'data', root / 'data')
+        shutil.rmtree(kept / 'Scala_10ep_s0_t30')
+        stdout, again = study('regime', output, '--budgets', '5', '10')
+        assert '[ST 0.25 5ep s0] already trained' in stdout and 'its record: no weights here' in stdout
+        trained = sorted(line for line in stdout.splitlines() if '] trained in' in line)
+        assert [line.split(']')[0] for line in trained] == ['[Scala 10ep s0 t30', '[teacher 30ep']
+        assert cells(again, '5') == cells(page, '5')  # the 5-epoch row comes from the record alone
+        assert (kept / 'Scala_10ep_s0_t30' / 'log.jsonl').is_file()  # the run trained here is kept again
+    finally:
+        shutil.rmtree(root)
+        old.rename(root)
 
 
 def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
