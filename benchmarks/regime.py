@@ -65,7 +65,7 @@ def main() -> None:
     by_depth = {'default (depth 4)': by_budget[first],
                 'deeper (depth 8)': measure(runs.deeper(), first, first_teacher)} if args.capacity else {}
 
-    figure = args.doc.parent / 'regime_gap.png'
+    figure = args.doc.with_name(args.doc.stem + '_gap.png')  # docs/regime_gap.png beside docs/regime.md
     plot_curves({name: {e: by_budget[e]['gaps'][name] for e in budgets} for name in by_budget[first]['gaps']}, figure,
                 'epochs', 'Scala minus the baseline (points)', 'Scala - ST and Scala - ST+KD against the budget')
     quick = ' (3 steps a run: a pipeline check, not a result)' if args.quick else ''

@@ -150,22 +150,27 @@ def test_jit_compiled_widths_give_the_eager_logits_at_every_batch_size_from_one_
         jit(torch.randn(2, 1, 28, 28).double(), 0.5)
 
 
-def test_serve_with_compile_answers_as_the_eager_model_at_every_width(run, cache, tmp_path):
+def assert_answers_as_eager(server: Server, run, backend: str) -> None:
+    """The server, on ``backend``, answers an image at each of the run's widths with the eager model's top 5."""
     png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()
+    widths = httpx.get(f'{server.url}/widths').json()
+    assert widths['backend'] == backend and widths['widths'] == [0.5, 0.75, 1.0]
+    eager = Runner(str(run))
+    for width in widths['widths']:
+        response = server.post(png, **{'X-Width': str(width)})
+        assert response.status_code == 200, response.text
+        assert response.json()['width'] == width
+        expected = eager.run([eager.preprocess(png)], width)[0]
+        answered = [(row['label'], row['probability']) for row in response.json()['top5']]
+        assert [label for label, _ in answered] == [label for label, _ in expected]
+        assert [p for _, p in answered] == pytest.approx([p for _, p in expected], abs=1e-4)
+
+
+def test_serve_with_compile_answers_as_the_eager_model_at_every_width(run, cache, tmp_path):
     JitCompiledWidths(load_model(str(run))[0].eval(), progress=False)  # the server then builds nothing
     server = Server(run, '--compile', env={'TMPDIR': str(tmp_path)})
     try:
-        widths = httpx.get(f'{server.url}/widths').json()
-        assert widths['backend'] == 'compiled' and widths['widths'] == [0.5, 0.75, 1.0]
-        eager = Runner(str(run))
-        for width in widths['widths']:
-            response = server.post(png, **{'X-Width': str(width)})
-            assert response.status_code == 200, response.text
-            assert response.json()['width'] == width
-            expected = eager.run([eager.preprocess(png)], width)[0]
-            answered = [(row['label'], row['probability']) for row in response.json()['top5']]
-            assert [label for label, _ in answered] == [label for label, _ in expected]
-            assert [p for _, p in answered] == pytest.approx([p for _, p in expected], abs=1e-4)
+        assert_answers_as_eager(server, run, 'compiled')
     finally:
         server.stop()
     # nothing left in the temporary folder but inductor's precompiled headers, one folder that every start reuses
@@ -173,19 +178,9 @@ def test_serve_with_compile_answers_as_the_eager_model_at_every_width(run, cache
 
 
 def test_serve_with_onnxruntime_answers_at_every_width_from_the_exported_widths(run):
-    png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()
     server = Server(run, '--onnxruntime')
     try:
-        widths = httpx.get(f'{server.url}/widths').json()
-        assert widths['backend'] == 'onnxruntime' and widths['widths'] == [0.5, 0.75, 1.0]
-        eager = Runner(str(run))
-        for width in widths['widths']:
-            response = server.post(png, **{'X-Width': str(width)})
-            assert response.status_code == 200 and response.json()['width'] == width
-            expected = eager.run([eager.preprocess(png)], width)[0]
-            answered = [(row['label'], row['probability']) for row in response.json()['top5']]
-            assert [label for label, _ in answered] == [label for label, _ in expected]
-            assert [p for _, p in answered] == pytest.approx([p for _, p in expected], abs=1e-4)
+        assert_answers_as_eager(server, run, 'onnxruntime')
     finally:
         server.stop()
 
