@@ -366,8 +366,18 @@ def finished_runs(root: Path) -> list[Path]:
             if log_finished(log.parent, json.loads((log.parent / 'config.json').read_text()))]
 
 
-def run_summary(root: Path, timings: Timings) -> str:
-    """Every finished run under ``root``: what it is, how long it trained, and its test top-1 at the quarter widths."""
+def earlier_rows(doc: Path, listed: set[str]) -> list[list[str]]:
+    """The rows of the page ``doc`` for runs not in ``listed``: runs of earlier machines that neither the runs folder
+    nor the record holds any more, kept as the page had them."""
+    if not doc.is_file():
+        return []
+    rows = [line.strip()[2:-2].split(' | ') for line in doc.read_text().splitlines() if line.startswith('| ')]
+    return [row for row in rows[1:] if row[0] not in listed]  # rows[0]: the header
+
+
+def run_summary(root: Path, timings: Timings, doc: Path) -> str:
+    """Every finished run under ``root``: what it is, how long it trained, and its test top-1 at the quarter widths;
+    and the rows that ``doc`` already lists for runs that are gone."""
     defaults = {field.name: json.loads(json.dumps(field.default)) for field in dataclasses.fields(TrainConfig)}
     shown = ('method', 'model', 'epochs', 'seed', 'width', 'smallest', 'granularity', 'teacher')
     rows = []
@@ -383,6 +393,7 @@ def run_summary(root: Path, timings: Timings) -> str:
         rows.append([run.name, config['method'], str(config['epochs']), str(config['seed']),
                      Path(config['teacher']).parent.name if config.get('teacher') else '', ' '.join(changed),
                      f'{seconds / 60:.1f}', top1])
+    rows = sorted(rows + earlier_rows(doc, {row[0] for row in rows}))
     return markdown_table(['run', 'method', 'epochs', 'seed', 'teacher', 'options', 'minutes', 'top-1 (%)'], rows)
 
 
@@ -399,7 +410,8 @@ if __name__ == '__main__':
     text = (f"# The studies' runs\n\n`python benchmarks/study.py`: every finished run under `{args.output}` (the "
             f"runs the study pages are made of; their configurations and logs are kept in `{runs.kept}`), on "
             f"{machine_line()}. Test top-1 after the last epoch, on the 10,000 Fashion-MNIST test images for the "
-            f"built-in data (a separate model's one width is its 1: ST_025 is the model of width 0.25).\n\n"
-            f"{run_summary(args.output, runs.timings)}\n")
+            f"built-in data (a separate model's one width is its 1: ST_025 is the model of width 0.25). A run that "
+            f"neither is here nor is kept keeps the row this page had for it, measured where it was trained.\n\n"
+            f"{run_summary(args.output, runs.timings, args.doc)}\n")
     write_text_atomically(args.doc, text)
     print(text)

@@ -117,3 +117,12 @@ def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     scala = cells(record, 'Scala_5ep_s0_t15')
     assert scala[1:5] == ['scala', '5', '0', 'teacher_15ep'] and scala[-1].startswith('0.25: ')
     assert 'always_smallest=False' in cells(record, 'Scala_wo_CA_5ep_s0_t15')[5]
+    # a run gone from the runs folder and from the record keeps its row; the others are listed from their runs again
+    for folder in (root, root / 'study_runs'):
+        shutil.rmtree(folder / 'US-Net_wo_CA_5ep_s0')
+    again = subprocess.run(result.args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rewritten = (root / 'study_runs.md').read_text()
+    assert cells(rewritten, 'US-Net_wo_CA_5ep_s0') == cells(record, 'US-Net_wo_CA_5ep_s0')
+    assert cells(rewritten, 'Scala_5ep_s0_t15') == scala
+    assert rewritten.count('| US-Net_wo_CA_5ep_s0 |') == 1
