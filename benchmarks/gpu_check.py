@@ -4,8 +4,8 @@ Mixed-precision training (fp32, fp16 with the gradient scaler, bf16) of the defa
 and of DeiT-S at 224 on random images; fp16 with --clip-grad clipping the norm; a resumed run against an uninterrupted
 one; the Scala training step of DeiT-S at batch 128 in bf16, eager and compiled; `scalavit eval` and `pick` timing
 every width with CUDA synchronisation; `scalavit serve` on CUDA answering a burst of requests; and `--compile` on
-CUDA: a compiled training run against the eager one, `eval`, `pick` and `serve` of compiled widths, and every width of
-the default model compiled by AOTInductor against eager. Without a CUDA device it says so in one line and exits 0.
+CUDA: every width of the default model compiled in process (plain and as CUDA graphs) against eager, a compiled
+training run against the eager one, and `eval`, `pick` and `serve` of compiled widths. Without a CUDA device it says so in one line and exits 0.
 Results are recorded in docs/gpu.md.
 
     bash scripts/gpu_check.sh
@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 from PIL import Image
 
 import scalavit  # noqa: F401  (registers the scala_* models)
-from scalavit.compiled import CompiledWidths
+from scalavit.compiled import JitCompiledWidths
 from scalavit.config import TrainConfig
 from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST
 from scalavit.evaluate import time_alternately
@@ -356,31 +357,46 @@ def check_compiled_eval_and_pick(run: Path, device: str, cache: Path) -> str:
 
 
 def check_compiled_widths(device: str, cache: Path, calls: int = 200, **grid) -> str:
-    """Every width of the default model (on ``grid``) compiled by AOTInductor for the GPU: logits equal eager (fp32,
-    no TF32) at batch 1 and 64; batch-1 latency eager and compiled, called alternately; a second start loads from
-    the cache."""
+    """Every width of the default model (on ``grid``) compiled in process for the GPU, plain and replayed as CUDA
+    graphs (``JitCompiledWidths``): logits within 1e-4 of eager (fp32, no TF32) at batch 1, 5 (padded), 64 and 100
+    (past the captured sizes), also when called from another thread (a server's model thread); batch-1 and batch-64 latency eager and compiled, called alternately;
+    the build cold and again on a second start (inductor's cache)."""
     torch.manual_seed(0)
     model = timm.create_model(FASHION_MODEL, **grid).to(device).eval()
-    start = time.perf_counter()
-    compiled = CompiledWidths(model, cache_dir=cache, progress=False)
-    cold = time.perf_counter() - start
-    x = torch.randn(64, *compiled.input_size, device=device)
-    with exact_fp32(), torch.inference_mode():
-        worst = max(float((compiled(batch, w) - model(batch, w)).abs().max())
-                    for w in model.widths for batch in (x[:1], x))
-        if worst > 1e-4:
-            raise AssertionError(f"compiled logits differ from eager by {worst:.3g}")
-        timed = (model.widths[0], model.widths[len(model.widths) // 2], model.widths[-1])
-        times = {w: time_alternately(lambda: model(x[:1], w), lambda: compiled(x[:1], w), calls) for w in timed}
-    start = time.perf_counter()
-    again = CompiledWidths(model, cache_dir=cache, progress=False)
-    warm = time.perf_counter() - start
-    if not all(again.cached.values()):
-        raise AssertionError("the second start compiled again instead of loading from the cache")
-    latencies = ', '.join(f"{w:g}: {e * 1e3:.3f} / {c * 1e3:.3f} ({c / e:.2f}x)" for w, (e, c) in times.items())
-    return (f"{len(model.widths)} widths within {worst:.1g} of eager (fp32); compiled in {cold:.0f} s "
-            f"({cold / len(model.widths):.1f} s a width), loaded from the cache in {warm:.1f} s; batch-1 ms eager / "
-            f"compiled {latencies}")
+    x = torch.randn(100, *model.pretrained_cfg['input_size'], device=device)  # 100: past the captured sizes
+    lines, worst_all = [], 0.0
+    for cuda_graphs in (False, True):
+        start = time.perf_counter()
+        compiled = JitCompiledWidths(model, cache_dir=cache, progress=False, cuda_graphs=cuda_graphs)
+        cold = time.perf_counter() - start
+        with exact_fp32():
+            worst, in_thread = largest_difference(model, compiled, x), {}
+            thread = threading.Thread(target=lambda: in_thread.update(d=largest_difference(model, compiled, x)))
+            thread.start()
+            thread.join()
+            with torch.inference_mode():
+                times = {(w, n): time_alternately(lambda: model(x[:n], w), lambda: compiled(x[:n], w), calls)
+                         for n in (1, 64) for w in model.widths}
+        start = time.perf_counter()
+        JitCompiledWidths(model, cache_dir=cache, progress=False, cuda_graphs=cuda_graphs).close()
+        warm = time.perf_counter() - start
+        compiled.close()
+        worst_all = max(worst_all, worst, in_thread.get('d', math.inf))
+        latencies = '; '.join(f"batch {n}: " + ', '.join(f"{w:g} {e * 1e3:.3f}/{c * 1e3:.3f} ({c / e:.2f}x)"
+                                                         for (w, m), (e, c) in times.items() if m == n)
+                              for n in (1, 64))
+        lines.append(f"{'CUDA graphs' if cuda_graphs else 'plain'}: within {worst:.1g} of eager (another thread "
+                     f"{in_thread.get('d', math.inf):.1g}), built in {cold:.0f} s, again in {warm:.0f} s; "
+                     f"ms eager/compiled {latencies}")
+    if worst_all > 1e-4:
+        raise AssertionError(f"compiled logits differ from eager by {worst_all:.3g}: {' | '.join(lines)}")
+    return f"{len(model.widths)} widths; " + ' | '.join(lines)
+
+
+def largest_difference(model: torch.nn.Module, compiled: JitCompiledWidths, x: torch.Tensor) -> float:
+    with torch.inference_mode():
+        return max(float((compiled(batch, w) - model(batch, w)).abs().max())
+                   for w in model.widths for batch in (x[:1], x[:5], x[:64], x))  # 5: padded to 8
 
 
 # The whole check
@@ -418,10 +434,10 @@ def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, Callabl
     cache = workdir / 'compiled-cache'
     compile_options = ('--compile', '--compile-cache', str(cache))
     listed += [
+        ('compiled widths', lambda: check_compiled_widths(device, workdir / 'widths-cache', granularity=0.25)),
         ('train --compile', lambda: check_compiled_training(small, workdir, device)),
         ('eval, pick --compile', lambda: check_compiled_eval_and_pick(workdir / 'train-compiled', device, cache)),
         ('serve --compile', lambda: check_serve(workdir / 'train-compiled', image, device, options=compile_options)),
-        ('compiled widths', lambda: check_compiled_widths(device, workdir / 'widths-cache', granularity=0.25)),
     ]
     return listed
 

@@ -150,6 +150,16 @@ def test_jit_compiled_widths_give_the_eager_logits_at_every_batch_size_from_one_
         jit(torch.randn(2, 1, 28, 28).double(), 0.5)
 
 
+def test_compile_widths_serves_on_the_cpu_from_widths_that_release_the_gil_and_evaluates_from_packages(
+        model, monkeypatch):
+    built = []
+    for kind in (compiled.CompiledWidths, compiled.JitCompiledWidths):
+        monkeypatch.setattr(compiled, kind.__name__, lambda *args, kind=kind, **kwargs: built.append(kind.__name__))
+    compiled.compile_widths(model, serving=True)
+    compiled.compile_widths(model)
+    assert built == ['JitCompiledWidths', 'CompiledWidths']
+
+
 def assert_answers_as_eager(server: Server, run, backend: str) -> None:
     """The server, on ``backend``, answers an image at each of the run's widths with the eager model's top 5."""
     png = next((run.parent / 'data' / 'val').glob('*/*.png')).read_bytes()

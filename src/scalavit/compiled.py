@@ -8,9 +8,10 @@ more memory than one model. Packages are cached on disk by what decides the code
 shapes and dtypes, torch, the device), so a later start, or another checkpoint of the same architecture, loads them in
 milliseconds.
 
-``JitCompiledWidths`` is the same interface built in this process by ``torch.compile`` with inductor's C++ wrapper,
-whose forward releases Python's GIL: the server's backend on the CPU. ``compile_for_training`` compiles the model's
-forward and backward at every width for ``scalavit train --compile``.
+``JitCompiledWidths`` is the same interface built in this process by ``torch.compile``: on the CPU with inductor's C++
+wrapper, whose forward releases Python's GIL (the server's backend there), on CUDA optionally replayed as CUDA graphs.
+``compile_widths`` picks the kind for a device. ``compile_for_training`` compiles the model's forward and backward at
+every width for ``scalavit train --compile``.
 """
 import hashlib
 import os
@@ -18,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,6 +35,7 @@ from .files import write_atomically
 from .model import SlimmableVisionTransformer, _checked_input
 
 MAX_BATCH = 4096  # the largest batch one compiled call takes; larger ones are split
+CUDA_GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # the batch sizes captured on CUDA; a batch is padded up to one
 
 
 class AtWidth(nn.Module):
@@ -248,32 +251,76 @@ class CompiledWidths:
             raise ValueError(f"input on {x.device} in {x.dtype}: the compiled widths take {self.dtype} on {self.device}")
 
 
-class JitCompiledWidths(CompiledWidths):
-    """The model's widths compiled in this process by ``torch.compile`` with inductor's C++ wrapper, for serving on
-    the CPU: ``compiled(x, width)`` answers as ``model(x, width)`` and releases Python's GIL while it computes.
+class CudaGraphs:
+    """``function`` (one input, a batch) replayed as CUDA graphs captured at the batch sizes ``batches``: a call pads
+    its batch up to the next captured size, replays, and returns a copy of the rows it asked for; a batch larger than
+    every captured size calls ``function``. Replays from any thread, one at a time.
 
-    AOTInductor's Python binding holds the GIL for the whole forward (PyTorch issue 197516): on the CPU a server's
-    HTTP thread then waits as long as a batch computes. The C++ wrapper inductor generates for ``torch.compile``
-    releases it. One graph per width, its batch dimension unbacked so that every batch size, 1 included, runs the same
-    graph (and no call compiles). Inductor caches the built code under ``cache_dir / 'inductor'``: a later
-    start traces each width again but builds nothing (``cached[w]`` is always False: the hit is inductor's). The
-    weights are read in place, as by ``CompiledWidths``.
+    Captured explicitly rather than by ``torch.compile``'s CUDA graph trees, which record per thread and per batch
+    size on first sight: a server's model thread would then record in the middle of serving. Every graph of every
+    width shares one memory pool, safe because the calls are serialised and each output is copied at once.
+    """
+
+    def __init__(self, function, example: torch.Tensor, batches: tuple[int, ...], pool):
+        self.function, self.lock = function, threading.Lock()
+        self.inputs, self.outputs, self.graphs = {}, {}, {}
+        for batch in sorted(batches):
+            x = example.new_zeros(batch, *example.shape[1:])
+            side = torch.cuda.Stream()  # warm-up before capture, on a side stream, as PyTorch's docs do
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    function(x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.outputs[batch] = function(x)
+            self.inputs[batch], self.graphs[batch] = x, graph
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch = next((b for b in self.graphs if b >= len(x)), None)
+        if batch is None:
+            return self.function(x)
+        with self.lock:
+            self.inputs[batch][:len(x)].copy_(x)
+            self.graphs[batch].replay()
+            return self.outputs[batch][:len(x)].clone()
+
+
+class JitCompiledWidths(CompiledWidths):
+    """The model's widths compiled in this process by ``torch.compile``: ``compiled(x, width)`` answers as
+    ``model(x, width)``.
+
+    On the CPU with inductor's C++ wrapper, which releases Python's GIL while it computes: AOTInductor's Python
+    binding holds it for the whole forward (PyTorch issue 197516), and a server's HTTP thread would wait as long as a
+    batch computes. On CUDA with ``cuda_graphs`` each width is also captured as CUDA graphs at the batch sizes
+    ``CUDA_GRAPH_BATCHES`` (``CudaGraphs``), which removes the host's per-kernel launch cost that bounds a small model
+    there. One graph per width, its batch dimension unbacked so that every batch size, 1 included, runs the same graph
+    (and no call compiles). Inductor caches the built code under ``cache_dir / 'inductor'``: a later start traces
+    each width again but builds nothing (``cached[w]`` is always False: the hit is inductor's). The weights are read
+    in place, as by ``CompiledWidths``.
     """
 
     def __init__(self, model: SlimmableVisionTransformer, widths: Optional[list[float]] = None,
-                 cache_dir: Optional[Path] = None, progress: bool = True):
+                 cache_dir: Optional[Path] = None, progress: bool = True, cuda_graphs: bool = False):
+        parameter = next(model.parameters())
+        self.pool = torch.cuda.graph_pool_handle() if cuda_graphs and parameter.device.type == 'cuda' else None
         # Dynamo keeps the graphs of every AtWidth on the one code object they share: room for these widths' too.
         torch._dynamo.config.recompile_limit += len(model.widths if widths is None else widths)
         super().__init__(model, widths, cache_dir, progress)
 
     def _load(self, width: float):
-        function = torch.compile(AtWidth(self.model, width), fullgraph=True, options={'cpp_wrapper': True})
+        options = {'cpp_wrapper': True} if self.device.type == 'cpu' else {}
+        function = torch.compile(AtWidth(self.model, width), fullgraph=True, options=options)
         with torch.inference_mode():
             example = torch.zeros(2, *self.input_size, device=self.device, dtype=self.dtype)
         mark_unbacked(example, 0)
         with temporary_cache_dir(str(self.cache_dir / 'inductor')):
             try:
                 self._run(function, example)
+                if self.pool is not None:
+                    with torch.inference_mode():
+                        function = CudaGraphs(function, example, CUDA_GRAPH_BATCHES, self.pool)
             except Exception as error:
                 first_line = (str(error).strip().splitlines() or [''])[0]
                 raise CompileError(f"inductor could not compile width {width:g} ({type(error).__name__}: "
@@ -285,3 +332,17 @@ class JitCompiledWidths(CompiledWidths):
             # Dynamo guards on whether the input is an inference tensor: the server's are, and the graph is built for
             # them; another input is copied (microseconds against the forward) rather than compiled for twice.
             return function(x if x.is_inference() else x.clone())
+
+
+def compile_widths(model: SlimmableVisionTransformer, widths: Optional[list[float]] = None,
+                   cache_dir: Optional[Path] = None, progress: bool = True, serving: bool = False) -> CompiledWidths:
+    """The widths compiled as they run best on the model's device. On CUDA in process (``torch.compile``, the widths
+    replayed as CUDA graphs): AOTInductor packages crash some torch builds on load there, and eval, pick and serve
+    then measure and serve the same compiled widths. On the CPU a server's widths release the GIL
+    (``JitCompiledWidths``); eval's and pick's are AOTInductor packages (``CompiledWidths``), which a later start
+    loads from the cache in milliseconds."""
+    device = next(model.parameters()).device
+    if device.type == 'cuda':
+        return JitCompiledWidths(model, widths, cache_dir, progress, cuda_graphs=True)
+    kind = JitCompiledWidths if serving else CompiledWidths
+    return kind(model, widths, cache_dir, progress)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .checkpoint import build_model_from_checkpoint, check_same_classes, load_checkpoint, load_model
-from .compiled import CompiledWidths, check_can_compile
+from .compiled import CompiledWidths, check_can_compile, compile_widths
 from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
 from .export import dense_state_dict
 from .model import SlimmableVisionTransformer
@@ -102,10 +102,10 @@ class Member:
 
 
 def compile_members(members: list[Member], cache_dir: Optional[Path] = None) -> None:
-    """Compile each member's width (one ``CompiledWidths`` per model, holding all of its members' widths)."""
+    """Compile each member's width (one ``compile_widths`` per model, holding all of its members' widths)."""
     for model in {id(m.model): m.model for m in members}.values():
         own = [m for m in members if m.model is model]
-        compiled = CompiledWidths(model, [model.grid.largest if m.width is None else m.width for m in own], cache_dir)
+        compiled = compile_widths(model, [model.grid.largest if m.width is None else m.width for m in own], cache_dir)
         for member in own:
             member.forward = compiled
 
@@ -213,7 +213,7 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
              throughput_repeats: int = 10, model_name: Optional[str] = None, compile: bool = False,
              compile_cache: Optional[Path] = None) -> dict:
     """The evaluation report of one slimmable checkpoint or one family: ``{'rows': [...], 'meta': {...}}``.
-    ``compile``: every width measured (accuracy, latency, throughput) as compiled by ``CompiledWidths``."""
+    ``compile``: every width measured (accuracy, latency, throughput) as compiled by ``compile_widths``."""
     device = torch.device(device)
     if compile:
         check_can_compile(device)

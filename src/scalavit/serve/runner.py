@@ -13,7 +13,7 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import resolve_data_config
 
 from ..checkpoint import load_model
-from ..compiled import CompiledWidths, JitCompiledWidths, check_can_compile
+from ..compiled import CompiledWidths, check_can_compile, compile_widths
 from ..data import build_transform
 from ..evaluate import time_call
 from ..export import export_width
@@ -82,10 +82,7 @@ class Runner:
         if self.forward is not self.model:
             return
         if self.backend == 'compiled':
-            # On the CPU an AOTInductor width holds the GIL while it computes, and the HTTP thread would wait behind
-            # every batch; on CUDA its forward only launches kernels.
-            widths = JitCompiledWidths if self.device.type == 'cpu' else CompiledWidths
-            self.forward = widths(self.model, cache_dir=self.compile_cache, progress=False)
+            self.forward = compile_widths(self.model, cache_dir=self.compile_cache, progress=False, serving=True)
         elif self.backend == 'onnxruntime':
             self._onnx_folder = tempfile.TemporaryDirectory(prefix='scalavit-serve-onnx-')
             self.forward = OnnxRuntimeWidths(self.model, Path(self._onnx_folder.name), torch.get_num_threads())
