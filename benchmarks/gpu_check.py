@@ -5,7 +5,8 @@ and of DeiT-S at 224 on random images; fp16 with --clip-grad clipping the norm; 
 one; the Scala training step of DeiT-S at batch 128 in bf16, eager and compiled; `scalavit eval` and `pick` timing
 every width with CUDA synchronisation; `scalavit serve` on CUDA answering a burst of requests; and `--compile` on
 CUDA: every width of the default model compiled in process (plain and as CUDA graphs) against eager, a compiled
-training run against the eager one, and `eval`, `pick` and `serve` of compiled widths. Without a CUDA device it says so in one line and exits 0.
+training run against the eager one, and `eval`, `pick` and `serve` of compiled widths. Without a CUDA device it says
+so in one line and exits 0.
 Results are recorded in docs/gpu.md.
 
     bash scripts/gpu_check.sh
@@ -359,8 +360,8 @@ def check_compiled_eval_and_pick(run: Path, device: str, cache: Path) -> str:
 def check_compiled_widths(device: str, cache: Path, calls: int = 200, **grid) -> str:
     """Every width of the default model (on ``grid``) compiled in process for the GPU, plain and replayed as CUDA
     graphs (``JitCompiledWidths``): logits within 1e-4 of eager (fp32, no TF32) at batch 1, 5 (padded), 64 and 100
-    (past the captured sizes), also when called from another thread (a server's model thread); batch-1 and batch-64 latency eager and compiled, called alternately;
-    the build cold and again on a second start (inductor's cache)."""
+    (past the captured sizes), also when called from another thread (a server's model thread); batch-1 and batch-64
+    latency eager and compiled, called alternately; the build cold and again on a second start (inductor's cache)."""
     torch.manual_seed(0)
     model = timm.create_model(FASHION_MODEL, **grid).to(device).eval()
     x = torch.randn(100, *model.pretrained_cfg['input_size'], device=device)  # 100: past the captured sizes

@@ -20,6 +20,7 @@ backend's, so every backend meets the same offered load.
 """
 import argparse
 import asyncio
+import collections
 import io
 import json
 import os
@@ -30,6 +31,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,10 +104,14 @@ class Server:
         command = [sys.executable, '-m', 'scalavit', 'serve', checkpoint, '--port', str(self.port), '--policy',
                    policy, '--slo-ms', str(slo_ms), *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Read all along: a server whose stderr pipe fills up blocks on its next write, mid-run or at exit.
+        self.stderr = collections.deque(maxlen=50)
+        threading.Thread(target=self.stderr.extend, args=(self.process.stderr,), daemon=True).start()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited: {self.process.stderr.read()[-2000:]}")
+                time.sleep(0.5)  # the last lines reach the reader
+                raise RuntimeError(f"the server exited: {''.join(self.stderr)[-2000:]}")
             try:
                 if httpx.get(f'{self.url}/health/ready', timeout=2).status_code == 200:
                     self.profile = httpx.get(f'{self.url}/widths').json()

@@ -254,15 +254,15 @@ class CompiledWidths:
 class CudaGraphs:
     """``function`` (one input, a batch) replayed as CUDA graphs captured at the batch sizes ``batches``: a call pads
     its batch up to the next captured size, replays, and returns a copy of the rows it asked for; a batch larger than
-    every captured size calls ``function``. Replays from any thread, one at a time.
+    every captured size calls ``function``. Replays from any thread, one at a time under ``lock``.
 
     Captured explicitly rather than by ``torch.compile``'s CUDA graph trees, which record per thread and per batch
-    size on first sight: a server's model thread would then record in the middle of serving. Every graph of every
-    width shares one memory pool, safe because the calls are serialised and each output is copied at once.
+    size on first sight: a server's model thread would then record in the middle of serving. The graphs of every width
+    share one memory pool and one lock: safe because no two replay at once and each output is copied at once.
     """
 
-    def __init__(self, function, example: torch.Tensor, batches: tuple[int, ...], pool):
-        self.function, self.lock = function, threading.Lock()
+    def __init__(self, function, example: torch.Tensor, batches: tuple[int, ...], pool, lock: threading.Lock):
+        self.function, self.lock = function, lock
         self.inputs, self.outputs, self.graphs = {}, {}, {}
         for batch in sorted(batches):
             x = example.new_zeros(batch, *example.shape[1:])
@@ -305,6 +305,7 @@ class JitCompiledWidths(CompiledWidths):
                  cache_dir: Optional[Path] = None, progress: bool = True, cuda_graphs: bool = False):
         parameter = next(model.parameters())
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs and parameter.device.type == 'cuda' else None
+        self.replay_lock = threading.Lock()
         # Dynamo keeps the graphs of every AtWidth on the one code object they share: room for these widths' too.
         torch._dynamo.config.recompile_limit += len(model.widths if widths is None else widths)
         super().__init__(model, widths, cache_dir, progress)
@@ -320,7 +321,7 @@ class JitCompiledWidths(CompiledWidths):
                 self._run(function, example)
                 if self.pool is not None:
                     with torch.inference_mode():
-                        function = CudaGraphs(function, example, CUDA_GRAPH_BATCHES, self.pool)
+                        function = CudaGraphs(function, example, CUDA_GRAPH_BATCHES, self.pool, self.replay_lock)
             except Exception as error:
                 first_line = (str(error).strip().splitlines() or [''])[0]
                 raise CompileError(f"inductor could not compile width {width:g} ({type(error).__name__}: "
