@@ -106,11 +106,12 @@ class Server:
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # Read all along: a server whose stderr pipe fills up blocks on its next write, mid-run or at exit.
         self.stderr = collections.deque(maxlen=50)
-        threading.Thread(target=self.stderr.extend, args=(self.process.stderr,), daemon=True).start()
+        reader = threading.Thread(target=self.stderr.extend, args=(self.process.stderr,), daemon=True)
+        reader.start()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                time.sleep(0.5)  # the last lines reach the reader
+                reader.join(timeout=10)  # until the pipe's last lines are read
                 raise RuntimeError(f"the server exited: {''.join(self.stderr)[-2000:]}")
             try:
                 if httpx.get(f'{self.url}/health/ready', timeout=2).status_code == 200:
