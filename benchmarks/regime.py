@@ -8,6 +8,7 @@ smallest budget for the default model made twice as deep (`--no-capacity` leaves
 
     python benchmarks/regime.py                      # 5, 10 and 20 epochs; writes docs/regime.md
     python benchmarks/regime.py --budgets 5 10 20 40
+    python benchmarks/regime.py --budgets 5 10 20 --max-teacher-epochs 30 --kd-budgets 5 10   # a cheaper 20
     python benchmarks/regime.py --quick              # the pipeline on a few steps a run, for the test suite
 
 Runs are shared with the other studies of the same --output (the 5-epoch runs are paper_table.py's).
@@ -19,33 +20,37 @@ from pathlib import Path
 from scalavit.files import write_text_atomically
 
 sys.path.insert(0, str(Path(__file__).parent))
-from study import (DEEP_MODEL, Runs, accuracies, command_line, machine_line, open_runs,  # noqa: E402
+from study import (DEEP_MODEL, Runs, command_line, machine_line, open_runs,  # noqa: E402
                    markdown_table, plot_curves, quick_setup, study_arguments, teacher_epochs)
 
 WIDTHS = (0.25, 1.0)
 
 
-def measure(runs: Runs, epochs: int, teacher: int) -> dict:
-    """Test top-1 of the teacher, ST and ST+KD at ``WIDTHS``, and Scala, for one budget and architecture (training
-    what is not trained yet), with Scala minus each baseline and the training minutes."""
+def measure(runs: Runs, epochs: int, teacher: int, kd: bool = True) -> dict:
+    """Test top-1 of the teacher, ST and (with ``kd``) ST+KD at ``WIDTHS``, and Scala, for one budget and
+    architecture (training what is not trained yet), with Scala minus each baseline and the training minutes."""
+    baselines = ('ST', 'ST+KD') if kd else ('ST',)
     trained = {'ST': [runs.separate(w, epochs) for w in WIDTHS],
-               'ST+KD': [runs.separate(w, epochs, teacher_epochs=teacher) for w in WIDTHS],
+               'ST+KD': [runs.separate(w, epochs, teacher_epochs=teacher) for w in WIDTHS] if kd else [],
                'Scala': runs.scala(epochs, teacher)}
-    top1 = {'teacher': accuracies(runs.teacher(teacher).parent, [1.0])[0],
-            'ST': [accuracies(run, [1.0])[0] for run in trained['ST']],
-            'ST+KD': [accuracies(run, [1.0])[0] for run in trained['ST+KD']],
-            'Scala': accuracies(trained['Scala'], WIDTHS)}
+    top1 = {name: [runs.top1(run, [1.0])[0] for run in trained[name]] or None for name in baselines}
+    top1['teacher'] = runs.top1(runs.teacher(teacher).parent, [1.0])[0]
+    top1['teacher epochs'] = teacher
+    top1['Scala'] = runs.top1(trained['Scala'], WIDTHS)
     top1['gaps'] = {f'{other} r={w:g}': top1['Scala'][i] - top1[other][i]
-                    for other in ('ST', 'ST+KD') for i, w in enumerate(WIDTHS)}
+                    for other in baselines for i, w in enumerate(WIDTHS)}
     top1['minutes'] = (runs.minutes(trained['Scala']), sum(runs.minutes(run) for run in trained['ST']))
     return top1
 
 
 def table(results: dict, first: str) -> str:
-    header = ([first, 'teacher'] + [f'{m} {w:g}' for w in WIDTHS for m in ('ST', 'ST+KD', 'Scala')]
+    def cell(r: dict, method: str, i: int) -> str:
+        return f"{r[method][i]:.2f}" if r.get(method) else '-'
+
+    header = ([first, 'teacher (epochs)'] + [f'{m} {w:g}' for w in WIDTHS for m in ('ST', 'ST+KD', 'Scala')]
               + [f'Scala - ST {w:g}' for w in WIDTHS] + ['min Scala / ST (2 widths)'])
-    rows = [[str(key), f"{r['teacher']:.2f}"]
-            + [f"{r[m][i]:.2f}" for i in range(len(WIDTHS)) for m in ('ST', 'ST+KD', 'Scala')]
+    rows = [[str(key), f"{r['teacher']:.2f} ({r['teacher epochs']})"]
+            + [cell(r, m, i) for i in range(len(WIDTHS)) for m in ('ST', 'ST+KD', 'Scala')]
             + [f"{r['gaps'][f'ST r={w:g}']:+.2f}" for w in WIDTHS] + ['{:.1f} / {:.1f}'.format(*r['minutes'])]
             for key, r in results.items()]
     return markdown_table(header, rows)
@@ -54,21 +59,34 @@ def table(results: dict, first: str) -> str:
 def main() -> None:
     parser = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/regime.md')
     parser.add_argument('--budgets', type=int, nargs='+', default=[5, 10, 20], help='epoch budgets, smallest first')
+    parser.add_argument('--max-teacher-epochs', type=int,
+                        help="the teacher's budget is three times the students' but at most this (default: no cap)")
+    parser.add_argument('--kd-budgets', type=int, nargs='+', help='the budgets at which ST+KD is trained (default: all)')
     parser.add_argument('--capacity', action=argparse.BooleanOptionalAction, default=True,
                         help='also the default model against one twice as deep, at the smallest budget')
     args = parser.parse_args()
     common = quick_setup(args)
     runs = open_runs(args, common)
     budgets = sorted(args.budgets)  # the cheap budgets first: a stopped study has them
-    by_budget = {epochs: measure(runs, epochs, teacher_epochs(args, epochs)) for epochs in budgets}
-    first, first_teacher = budgets[0], teacher_epochs(args, budgets[0])
+    kd_budgets = budgets if args.kd_budgets is None else sorted(args.kd_budgets)
+
+    def teacher(epochs: int) -> int:
+        return min(teacher_epochs(args, epochs), args.max_teacher_epochs or float('inf'))
+
+    by_budget = {epochs: measure(runs, epochs, teacher(epochs), epochs in kd_budgets) for epochs in budgets}
+    first, first_teacher = budgets[0], teacher(budgets[0])
     by_depth = {'default (depth 4)': by_budget[first],
-                'deeper (depth 8)': measure(runs.deeper(), first, first_teacher)} if args.capacity else {}
+                'deeper (depth 8)': measure(runs.deeper(), first, first_teacher, first in kd_budgets)
+                } if args.capacity else {}
 
     figure = args.doc.with_name(args.doc.stem + '_gap.png')  # docs/regime_gap.png beside docs/regime.md
-    plot_curves({name: {e: by_budget[e]['gaps'][name] for e in budgets} for name in by_budget[first]['gaps']}, figure,
+    gap_names = [f'{other} r={w:g}' for other in ('ST', 'ST+KD') for w in WIDTHS]
+    plot_curves({name: {e: by_budget[e]['gaps'][name] for e in budgets if name in by_budget[e]['gaps']}
+                 for name in gap_names}, figure,
                 'epochs', 'Scala minus the baseline (points)', 'Scala - ST and Scala - ST+KD against the budget')
     quick = ' (3 steps a run: a pipeline check, not a result)' if args.quick else ''
+    from_page = ('' if not runs.from_page else ', but for the runs trained on an earlier machine and known by their '
+                 f"row of `study_runs.md` alone (their logs were not kept): {', '.join(sorted(set(runs.from_page)))}")
     matched = {w: [e for e in budgets if by_budget[e]['gaps'][f'ST r={w:g}'] >= 0] for w in WIDTHS}
     trend = {w: ' → '.join(f"{by_budget[e]['gaps'][f'ST r={w:g}']:+.2f}" for e in budgets) for w in WIDTHS}
     capacity = 'The capacity axis was not run (--no-capacity).'
@@ -87,7 +105,9 @@ r = 1: {deep_gaps[1.0][0]:+.2f} and {deep_gaps[1.0][1]:+.2f}."""
 
 `{command_line('regime.py')}`{quick}: for each budget, Separate Training (ST) and ST+KD at r = 0.25 and 1, and Scala
 (all 13 widths), seed 0; the teacher of Scala and ST+KD is a separate model of width 1 trained three times the
-budget. On {machine_line()}. Test top-1 (%) after the last epoch, and training minutes:
+budget{f' but at most {args.max_teacher_epochs} epochs' if args.max_teacher_epochs else ''} (its epochs in brackets)\
+{'' if kd_budgets == budgets else f"; ST+KD at {', '.join(map(str, kd_budgets))} epochs only (-: not run)"}.
+On {machine_line()}{from_page}. Test top-1 (%) after the last epoch, and training minutes:
 
 {table(by_budget, 'epochs')}
 

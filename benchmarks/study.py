@@ -7,7 +7,9 @@ continues where it stopped, and studies sharing an output folder share the runs 
 
 Weights stay on the machine that trained them, but each finished run's configuration, log and time are kept in git
 beside the pages (``docs/study_runs/``): a study continued on a new machine takes its finished runs' results from
-there, and trains again only a run whose weights it needs (a teacher with students still to train).
+there, and trains again only a run whose weights it needs (a teacher with students still to train). A run older than
+that record is known by its row of the runs page (``docs/study_runs.md``) alone: its top-1 and minutes are taken from
+there, and it is trained again only if its weights are needed.
 """
 import argparse
 import dataclasses
@@ -177,18 +179,38 @@ class Runs:
     prefix: str = ''  # names the architecture in the runs' names when it is not the default
     kept: Optional[Path] = None  # the record of finished runs in git (see open_runs)
     weights: bool = False  # every run's checkpoint must be here, not only its record (paper_table.py evaluates them)
+    earlier: dict = dataclasses.field(default_factory=dict)  # the runs page's rows, by run: runs older than the record
+    from_page: list = dataclasses.field(default_factory=list)  # the runs this study took from those rows
 
     def deeper(self) -> 'Runs':
         """The same runs of the default model made twice as deep (the capacity axis)."""
         return dataclasses.replace(self, model=DEEP_MODEL, distilled_model=DEEP_DISTILLED_MODEL, prefix='deep ')
 
     def train(self, name: str, weights: bool = False, **options) -> Path:
+        output = run_dir(self.root, name)
+        if not (weights or self.weights or (output / 'log.jsonl').is_file()) and output.name in self.earlier:
+            print(f"[{name}] trained on an earlier machine: its row of the runs page (no weights or log here)")
+            self.from_page.append(output.name)
+            return output
         return train_once(self.root, self.timings, name, self.common, self.kept, weights or self.weights, **options)
 
+    def has(self, run: Path) -> bool:
+        """Whether ``run`` is finished or known by its row of the runs page."""
+        return (run / 'log.jsonl').is_file() or run.name in self.earlier
+
+    def top1(self, run: Path, widths) -> list[float]:
+        """The run's test top-1 at ``widths`` after its last epoch: from its log, or from its row of the runs page."""
+        if (run / 'log.jsonl').is_file():
+            return accuracies(run, widths)
+        listed = dict(cell.split(': ') for cell in self.earlier[run.name][-1].split(' / '))
+        return [float(listed[f'{w:g}']) for w in widths]
+
     def minutes(self, run: Path) -> float:
-        """How long ``run`` trained (its own stage in the timings: the run's folder is its name)."""
+        """How long ``run`` trained (its own stage in the timings: the run's folder is its name; or its row of the
+        runs page)."""
         return next((seconds / 60 for stage, seconds in self.timings.seconds.items()
-                     if stage.startswith('train ') and run_dir(self.root, stage[6:]) == run), float('nan'))
+                     if stage.startswith('train ') and run_dir(self.root, stage[6:]) == run),
+                    float(self.earlier[run.name][6]) if run.name in self.earlier else float('nan'))
 
     def teacher(self, epochs: int, weights: bool = False) -> Path:
         """The checkpoint of the separate full-width model that teaches Scala and ST+KD (seed 0); with ``weights``
@@ -219,10 +241,10 @@ class Runs:
 
     def seed_note(self, epochs: int, teacher_epochs: int, widths) -> str:
         """What two seeds of Scala differ by (paper_table.py trains them), the yardstick of every difference."""
-        logs = [run_dir(self.root, f'Scala {epochs}ep s{seed} t{teacher_epochs}') / 'log.jsonl' for seed in (0, 1)]
-        if not all(log.is_file() for log in logs):
+        runs = [run_dir(self.root, f'Scala {epochs}ep s{seed} t{teacher_epochs}') for seed in (0, 1)]
+        if not all(self.has(run) for run in runs):
             return 'The seed-to-seed spread of Scala is measured by paper_table.py, not run yet for this budget.'
-        seeds = [accuracies(log.parent, widths) for log in logs]
+        seeds = [self.top1(run, widths) for run in runs]
         gaps = [abs(a - b) for a, b in zip(*seeds)]
         mean_gap = abs(sum(seeds[0]) - sum(seeds[1])) / len(widths)
         return (f'Two seeds of Scala (paper_table.py) differ by up to {max(gaps):.2f} points at one of these widths '
@@ -238,8 +260,9 @@ def open_runs(args: argparse.Namespace, common: dict, weights: bool = False) -> 
     real studies) restored into it first: a new machine reuses every result recorded there."""
     kept = args.doc.parent / 'study_runs'
     restore_records(args.output, kept)
+    earlier = {row[0]: row for row in earlier_rows(kept.with_name(kept.name + '.md'), set())}
     return Runs(args.output, Timings(args.output / 'timings.json', kept / 'timings.json'), common, kept=kept,
-                weights=weights)
+                weights=weights, earlier=earlier)
 
 
 def evaluate_once(paths: list[Path], output: Path, timings: Timings, name: str, latency_repeats: int) -> list[dict]:

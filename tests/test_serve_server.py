@@ -1,11 +1,13 @@
 """`scalavit serve` as users run it: a real server in its own process on a loopback port, real HTTP requests."""
 import asyncio
 import base64
+import collections
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -35,9 +37,15 @@ class Server:
             [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
              '--profile-repeats', '3', '--max-batch-size', '8', *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+        # Read all along: a full pipe would block the server's next write (its last lines are kept for failures).
+        self.output = collections.deque(maxlen=50)
+        self.reader = threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True)
+        self.reader.start()
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, self.process.stdout.read()
+            if self.process.poll() is not None:
+                self.reader.join(timeout=10)
+                raise AssertionError(''.join(self.output))
             try:
                 if httpx.get(f'{self.url}/health/ready', timeout=1).status_code == 200:
                     return

@@ -126,3 +126,19 @@ def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     assert cells(rewritten, 'US-Net_wo_CA_5ep_s0') == cells(record, 'US-Net_wo_CA_5ep_s0')
     assert cells(rewritten, 'Scala_5ep_s0_t15') == scala
     assert rewritten.count('| US-Net_wo_CA_5ep_s0 |') == 1
+
+
+def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_not_trained_again(output):
+    root = output.with_name(output.name + '_quick')
+    listed = cells((root / 'study_runs.md').read_text(), 'ST_025_5ep_s0')  # the page the test before wrote
+    for folder in (root, root / 'study_runs'):  # trained on a machine whose runs and record are gone
+        shutil.rmtree(folder / 'ST_025_5ep_s0')
+    stdout, page = study('regime', output, '--budgets', '5', '10', '--max-teacher-epochs', '15', '--kd-budgets', '5')
+    assert '[ST 0.25 5ep s0] trained on an earlier machine' in stdout and not (root / 'ST_025_5ep_s0').exists()
+    assert cells(page, '5')[2] == listed[-1].rstrip(' |').split(': ')[1]
+    assert 'known by their row of `study_runs.md` alone' in page and 'ST_025_5ep_s0' in page
+    # a capped teacher: the 10-epoch runs are taught by the 15-epoch one, and ST+KD is not run at 10 epochs
+    assert config(output, 'Scala_10ep_s0_t15')['teacher'].endswith('teacher_15ep/last.pt')
+    ten = cells(page, '10')
+    assert ten[1].endswith('(15)') and ten[3] == ten[6] == '-'
+    assert not (root / 'STplusKD_025_10ep_s0_t15').exists()
