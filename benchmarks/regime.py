@@ -34,7 +34,9 @@ def measure(runs: Runs, epochs: int, teacher: int, kd: bool = True) -> dict:
                'ST+KD': [runs.separate(w, epochs, teacher_epochs=teacher) for w in WIDTHS] if kd else [],
                'Scala': runs.scala(epochs, teacher)}
     top1 = {name: [runs.top1(run, [1.0])[0] for run in trained[name]] or None for name in baselines}
-    top1['teacher'] = runs.top1(runs.teacher(teacher).parent, [1.0])[0]
+    # students known only by their rows were taught by the teacher of that machine, if it was trained again since
+    taught_earlier = trained['Scala'].name in runs.from_page
+    top1['teacher'] = runs.top1(runs.teacher(teacher).parent, [1.0], earlier=taught_earlier)[0]
     top1['teacher epochs'] = teacher
     top1['Scala'] = runs.top1(trained['Scala'], WIDTHS)
     top1['gaps'] = {f'{other} r={w:g}': top1['Scala'][i] - top1[other][i]

@@ -198,11 +198,13 @@ class Runs:
         """Whether ``run`` is finished or known by its row of the runs page."""
         return (run / 'log.jsonl').is_file() or run.name in self.earlier
 
-    def top1(self, run: Path, widths) -> list[float]:
-        """The run's test top-1 at ``widths`` after its last epoch: from its log, or from its row of the runs page."""
-        if (run / 'log.jsonl').is_file():
+    def top1(self, run: Path, widths, earlier: bool = False) -> list[float]:
+        """The run's test top-1 at ``widths`` after its last epoch: from its log, or from its row of the runs page
+        (with ``earlier``, the row of the run as an earlier machine trained it, if it was trained again since)."""
+        name = f'{run.name} (earlier)' if earlier and f'{run.name} (earlier)' in self.earlier else run.name
+        if name == run.name and (run / 'log.jsonl').is_file():
             return accuracies(run, widths)
-        listed = dict(cell.split(': ') for cell in self.earlier[run.name][-1].split(' / '))
+        listed = dict(cell.split(': ') for cell in self.earlier[name][-1].split(' / '))
         return [float(listed[f'{w:g}']) for w in widths]
 
     def minutes(self, run: Path) -> float:
@@ -260,7 +262,7 @@ def open_runs(args: argparse.Namespace, common: dict, weights: bool = False) -> 
     real studies) restored into it first: a new machine reuses every result recorded there."""
     kept = args.doc.parent / 'study_runs'
     restore_records(args.output, kept)
-    earlier = {row[0]: row for row in earlier_rows(kept.with_name(kept.name + '.md'), set())}
+    earlier = {row[0]: row for row in earlier_rows(kept.with_name(kept.name + '.md'))}
     return Runs(args.output, Timings(args.output / 'timings.json', kept / 'timings.json'), common, kept=kept,
                 weights=weights, earlier=earlier)
 
@@ -389,13 +391,16 @@ def finished_runs(root: Path) -> list[Path]:
             if log_finished(log.parent, json.loads((log.parent / 'config.json').read_text()))]
 
 
-def earlier_rows(doc: Path, listed: set[str]) -> list[list[str]]:
-    """The rows of the page ``doc`` for runs not in ``listed``: runs of earlier machines that neither the runs folder
-    nor the record holds any more, kept as the page had them."""
+def earlier_rows(doc: Path, listed: dict[str, list[str]] = None) -> list[list[str]]:
+    """The rows of the page ``doc`` for runs not in ``listed`` (rows by run): runs of earlier machines that neither
+    the runs folder nor the record holds any more, kept as the page had them. A run trained again since, with
+    another result, keeps its earlier row too, as ``<run> (earlier)``."""
     if not doc.is_file():
         return []
+    listed = listed or {}
     rows = [line.strip()[2:-2].split(' | ') for line in doc.read_text().splitlines() if line.startswith('| ')]
-    return [row for row in rows[1:] if row[0] not in listed]  # rows[0]: the header
+    return [row if row[0] not in listed else [f'{row[0]} (earlier)', *row[1:]]
+            for row in rows[1:] if row != listed.get(row[0])]  # rows[0]: the header
 
 
 def run_summary(root: Path, timings: Timings, doc: Path) -> str:
@@ -416,7 +421,7 @@ def run_summary(root: Path, timings: Timings, doc: Path) -> str:
         rows.append([run.name, config['method'], str(config['epochs']), str(config['seed']),
                      Path(config['teacher']).parent.name if config.get('teacher') else '', ' '.join(changed),
                      f'{seconds / 60:.1f}', top1])
-    rows = sorted(rows + earlier_rows(doc, {row[0] for row in rows}))
+    rows = sorted(rows + earlier_rows(doc, {row[0]: row for row in rows}))
     return markdown_table(['run', 'method', 'epochs', 'seed', 'teacher', 'options', 'minutes', 'top-1 (%)'], rows)
 
 
@@ -434,7 +439,8 @@ if __name__ == '__main__':
             f"runs the study pages are made of; their configurations and logs are kept in `{runs.kept}`), on "
             f"{machine_line()}. Test top-1 after the last epoch, on the 10,000 Fashion-MNIST test images for the "
             f"built-in data (a separate model's one width is its 1: ST_025 is the model of width 0.25). A run that "
-            f"neither is here nor is kept keeps the row this page had for it, measured where it was trained.\n\n"
+            f"neither is here nor is kept keeps the row this page had for it, measured where it was trained; one "
+            f"trained again since, with another result, keeps its earlier row as `<run> (earlier)`.\n\n"
             f"{run_summary(args.output, runs.timings, args.doc)}\n")
     write_text_atomically(args.doc, text)
     print(text)

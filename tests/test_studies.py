@@ -126,6 +126,14 @@ def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     assert cells(rewritten, 'US-Net_wo_CA_5ep_s0') == cells(record, 'US-Net_wo_CA_5ep_s0')
     assert cells(rewritten, 'Scala_5ep_s0_t15') == scala
     assert rewritten.count('| US-Net_wo_CA_5ep_s0 |') == 1
+    # a run trained again with another result (here: its row as an earlier machine had it) keeps the earlier row
+    page = root / 'study_runs.md'
+    page.write_text(page.read_text().replace('| Scala_5ep_s0_t15 | scala |', '| Scala_5ep_s0_t15 | usnet |'))
+    third = subprocess.run(result.args, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0, third.stderr[-2000:]
+    rewritten = page.read_text()
+    assert cells(rewritten, 'Scala_5ep_s0_t15') == scala
+    assert cells(rewritten, 'Scala_5ep_s0_t15 (earlier)')[1] == 'usnet'
 
 
 def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_not_trained_again(output):
