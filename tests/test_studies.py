@@ -141,9 +141,16 @@ def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_no
     listed = cells((root / 'study_runs.md').read_text(), 'ST_025_5ep_s0')  # the page the test before wrote
     for folder in (root, root / 'study_runs'):  # trained on a machine whose runs and record are gone
         shutil.rmtree(folder / 'ST_025_5ep_s0')
+        shutil.rmtree(folder / 'Scala_5ep_s0_t15')
+    # that machine's teacher, since trained again here: a student known by its row is shown with its own teacher
+    runs_page = root / 'study_runs.md'
+    teacher_row = next(line for line in runs_page.read_text().splitlines() if line.startswith('| teacher_15ep |'))
+    earlier_teacher = teacher_row.replace('| teacher_15ep |', '| teacher_15ep (earlier) |').rsplit('1: ', 1)[0]
+    runs_page.write_text(runs_page.read_text() + earlier_teacher + '1: 12.34 |\n')
     stdout, page = study('regime', output, '--budgets', '5', '10', '--max-teacher-epochs', '15', '--kd-budgets', '5')
     assert '[ST 0.25 5ep s0] trained on an earlier machine' in stdout and not (root / 'ST_025_5ep_s0').exists()
     assert cells(page, '5')[2] == listed[-1].rstrip(' |').split(': ')[1]
+    assert cells(page, '5')[1] == '12.34 (15)' and cells(page, '10')[1] != '12.34 (15)'  # Scala 10 trains here
     assert 'known by their row of `study_runs.md` alone' in page and 'ST_025_5ep_s0' in page
     # a capped teacher: the 10-epoch runs are taught by the 15-epoch one, and ST+KD is not run at 10 epochs
     assert config(output, 'Scala_10ep_s0_t15')['teacher'].endswith('teacher_15ep/last.pt')
