@@ -58,6 +58,19 @@ def table(results: dict, first: str) -> str:
     return markdown_table(header, rows)
 
 
+def at_budgets(budgets: list[int], otherwise: str) -> str:
+    return f"at {', '.join(map(str, budgets))} epochs" if budgets else otherwise
+
+
+def within_note(within: dict, spread) -> str:
+    """The budgets where Scala is below ST by less than two seeds of Scala differ: not a difference this study shows."""
+    parts = [f"r = {w:g} ({', '.join(map(str, budgets))} epochs)" for w, budgets in within.items() if budgets]
+    if not parts:
+        return ''
+    return (f" Scala is below ST by less than those {spread[0]:.2f} points at {' and '.join(parts)}: one seed does not "
+            'tell the two apart there.')
+
+
 def main() -> None:
     parser = study_arguments(__doc__.split('\n\n')[0], 'runs/studies', 'docs/regime.md')
     parser.add_argument('--budgets', type=int, nargs='+', default=[5, 10, 20], help='epoch budgets, smallest first')
@@ -90,6 +103,9 @@ def main() -> None:
     from_page = ('' if not runs.from_page else ', but for the runs trained on an earlier machine and known by their '
                  f"row of `study_runs.md` alone (their logs were not kept): {', '.join(sorted(set(runs.from_page)))}")
     matched = {w: [e for e in budgets if by_budget[e]['gaps'][f'ST r={w:g}'] >= 0] for w in WIDTHS}
+    spread = runs.seed_spread(first, first_teacher, WIDTHS)
+    within = {w: [e for e in budgets if spread and -spread[0] < by_budget[e]['gaps'][f'ST r={w:g}'] < 0]
+              for w in WIDTHS}
     trend = {w: ' → '.join(f"{by_budget[e]['gaps'][f'ST r={w:g}']:+.2f}" for e in budgets) for w in WIDTHS}
     capacity = 'The capacity axis was not run (--no-capacity).'
     if by_depth:
@@ -116,9 +132,8 @@ On {machine_line()}{from_page}. Test top-1 (%) after the last epoch, and trainin
 ![Scala minus the baselines against the budget]({figure.name})
 
 Scala minus ST, by budget ({', '.join(map(str, budgets))} epochs): at r = 0.25 {trend[0.25]}; at r = 1 {trend[1.0]}.
-Scala matches or beats ST at r = 0.25 {('at ' + ', '.join(map(str, matched[0.25])) + ' epochs') if matched[0.25]
-else 'at none of these budgets'}, and at r = 1 {('at ' + ', '.join(map(str, matched[1.0])) + ' epochs')
-if matched[1.0] else 'at none of them'}. {runs.seed_note(first, first_teacher, WIDTHS)}
+Scala matches or beats ST at r = 0.25 {at_budgets(matched[0.25], 'at none of these budgets')}, and at r = 1 \
+{at_budgets(matched[1.0], 'at none of them')}. {runs.seed_note(first, first_teacher, WIDTHS)}{within_note(within, spread)}
 
 {capacity}
 """

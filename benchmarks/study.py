@@ -241,16 +241,21 @@ class Runs:
         return self.taught(f'{self.prefix}{label} {epochs}ep s{seed} t{teacher_epochs}', teacher_epochs,
                            method='scala', epochs=epochs, seed=seed, grad_stats=GRAD_STATS_EVERY, **options)
 
-    def seed_note(self, epochs: int, teacher_epochs: int, widths) -> str:
-        """What two seeds of Scala differ by (paper_table.py trains them), the yardstick of every difference."""
+    def seed_spread(self, epochs: int, teacher_epochs: int, widths) -> Optional[tuple[float, float]]:
+        """What two seeds of Scala (paper_table.py trains them) differ by, at most at one of ``widths`` and in their
+        mean: the yardstick of every difference. None before both seeds are trained."""
         runs = [run_dir(self.root, f'Scala {epochs}ep s{seed} t{teacher_epochs}') for seed in (0, 1)]
         if not all(self.has(run) for run in runs):
-            return 'The seed-to-seed spread of Scala is measured by paper_table.py, not run yet for this budget.'
+            return None
         seeds = [self.top1(run, widths) for run in runs]
-        gaps = [abs(a - b) for a, b in zip(*seeds)]
-        mean_gap = abs(sum(seeds[0]) - sum(seeds[1])) / len(widths)
-        return (f'Two seeds of Scala (paper_table.py) differ by up to {max(gaps):.2f} points at one of these widths '
-                f'and by {mean_gap:.2f} in their mean: smaller differences are not findings.')
+        return max(abs(a - b) for a, b in zip(*seeds)), abs(sum(seeds[0]) - sum(seeds[1])) / len(widths)
+
+    def seed_note(self, epochs: int, teacher_epochs: int, widths) -> str:
+        spread = self.seed_spread(epochs, teacher_epochs, widths)
+        if spread is None:
+            return 'The seed-to-seed spread of Scala is measured by paper_table.py, not run yet for this budget.'
+        return (f'Two seeds of Scala (paper_table.py) differ by up to {spread[0]:.2f} points at one of these widths '
+                f'and by {spread[1]:.2f} in their mean: smaller differences are not findings.')
 
     def usnet(self, epochs: int, seed: int = 0, label: str = 'US-Net', **options) -> Path:
         return self.train(f'{self.prefix}{label} {epochs}ep s{seed}', method='usnet', model=self.model,

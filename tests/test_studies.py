@@ -157,3 +157,13 @@ def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_no
     ten = cells(page, '10')
     assert ten[1].endswith('(15)') and ten[3] == ten[6] == '-'
     assert not (root / 'STplusKD_025_10ep_s0_t15').exists()
+
+
+def test_the_regime_verdict_names_the_budgets_where_one_seed_cannot_tell_scala_from_st():
+    sys.path.insert(0, str(BENCHMARKS))
+    import regime
+    note = regime.within_note({0.25: [20], 1.0: [10, 20]}, (0.96, 0.13))
+    assert note == (' Scala is below ST by less than those 0.96 points at r = 0.25 (20 epochs) and r = 1 (10, 20 '
+                    'epochs): one seed does not tell the two apart there.')
+    assert regime.within_note({0.25: [], 1.0: []}, (0.96, 0.13)) == ''
+    assert regime.at_budgets([5, 10], 'at none') == 'at 5, 10 epochs' and regime.at_budgets([], 'at none') == 'at none'
