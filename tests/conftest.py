@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -7,6 +8,13 @@ from PIL import Image
 import scalavit  # noqa: F401  (registers the scala_* models with timm)
 from scalavit import SlimmableVisionTransformer
 from scalavit.cli import main
+
+# Under pytest-xdist (scripts/test.sh runs one worker per core) each worker, and every process a test starts, gets its
+# share of the cores: two workers of two threads each on two cores would spin against each other several-fold.
+if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:
+    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))
+    os.environ['OMP_NUM_THREADS'] = str(_threads)
+    torch.set_num_threads(_threads)
 
 
 @torch.no_grad()
