@@ -16,6 +16,7 @@ Runs are shared with the other studies of the same --output (the 5-epoch runs ar
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 from scalavit.files import write_text_atomically
 
@@ -62,8 +63,12 @@ def at_budgets(budgets: list[int], otherwise: str) -> str:
     return f"at {', '.join(map(str, budgets))} epochs" if budgets else otherwise
 
 
-def within_note(within: dict, spread) -> str:
-    """The budgets where Scala is below ST by less than two seeds of Scala differ: not a difference this study shows."""
+def within_note(by_budget: dict, spread: Optional[tuple[float, float]]) -> str:
+    """The budgets where Scala is below ST by less than two seeds of Scala differ (``spread``: at most at one width,
+    and in the mean): there this study shows no difference."""
+    if spread is None:
+        return ''
+    within = {w: [e for e, r in by_budget.items() if -spread[0] < r['gaps'][f'ST r={w:g}'] < 0] for w in WIDTHS}
     parts = [f"r = {w:g} ({', '.join(map(str, budgets))} epochs)" for w, budgets in within.items() if budgets]
     if not parts:
         return ''
@@ -103,9 +108,6 @@ def main() -> None:
     from_page = ('' if not runs.from_page else ', but for the runs trained on an earlier machine and known by their '
                  f"row of `study_runs.md` alone (their logs were not kept): {', '.join(sorted(set(runs.from_page)))}")
     matched = {w: [e for e in budgets if by_budget[e]['gaps'][f'ST r={w:g}'] >= 0] for w in WIDTHS}
-    spread = runs.seed_spread(first, first_teacher, WIDTHS)
-    within = {w: [e for e in budgets if spread and -spread[0] < by_budget[e]['gaps'][f'ST r={w:g}'] < 0]
-              for w in WIDTHS}
     trend = {w: ' → '.join(f"{by_budget[e]['gaps'][f'ST r={w:g}']:+.2f}" for e in budgets) for w in WIDTHS}
     capacity = 'The capacity axis was not run (--no-capacity).'
     if by_depth:
@@ -133,7 +135,8 @@ On {machine_line()}{from_page}. Test top-1 (%) after the last epoch, and trainin
 
 Scala minus ST, by budget ({', '.join(map(str, budgets))} epochs): at r = 0.25 {trend[0.25]}; at r = 1 {trend[1.0]}.
 Scala matches or beats ST at r = 0.25 {at_budgets(matched[0.25], 'at none of these budgets')}, and at r = 1 \
-{at_budgets(matched[1.0], 'at none of them')}. {runs.seed_note(first, first_teacher, WIDTHS)}{within_note(within, spread)}
+{at_budgets(matched[1.0], 'at none of them')}. {runs.seed_note(first, first_teacher, WIDTHS)}\
+{within_note(by_budget, runs.seed_spread(first, first_teacher, WIDTHS))}
 
 {capacity}
 """

@@ -396,7 +396,7 @@ def finished_runs(root: Path) -> list[Path]:
             if log_finished(log.parent, json.loads((log.parent / 'config.json').read_text()))]
 
 
-def earlier_rows(doc: Path, listed: dict[str, list[str]] = None) -> list[list[str]]:
+def earlier_rows(doc: Path, listed: Optional[dict[str, list[str]]] = None) -> list[list[str]]:
     """The rows of the page ``doc`` for runs not in ``listed`` (rows by run): runs of earlier machines that neither
     the runs folder nor the record holds any more, kept as the page had them. A run trained again since, with
     another result, keeps its earlier row too, as ``<run> (earlier)``."""

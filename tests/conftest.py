@@ -12,7 +12,8 @@ from scalavit.cli import main
 # Under pytest-xdist (scripts/test.sh runs one worker per core) each worker, and every process a test starts, gets its
 # share of the cores: two workers of two threads each on two cores would spin against each other several-fold.
 if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:
-    _threads = max(1, len(os.sched_getaffinity(0)) // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()  # not on macOS
+    _threads = max(1, _cores // int(os.environ['PYTEST_XDIST_WORKER_COUNT']))
     os.environ['OMP_NUM_THREADS'] = str(_threads)
     torch.set_num_threads(_threads)
 

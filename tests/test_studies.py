@@ -162,8 +162,12 @@ def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_no
 def test_the_regime_verdict_names_the_budgets_where_one_seed_cannot_tell_scala_from_st():
     sys.path.insert(0, str(BENCHMARKS))
     import regime
-    note = regime.within_note({0.25: [20], 1.0: [10, 20]}, (0.96, 0.13))
-    assert note == (' Scala is below ST by less than those 0.96 points at r = 0.25 (20 epochs) and r = 1 (10, 20 '
-                    'epochs): one seed does not tell the two apart there.')
-    assert regime.within_note({0.25: [], 1.0: []}, (0.96, 0.13)) == ''
+    gaps = {5: (-2.76, -1.45), 10: (-1.53, -0.50), 20: (-0.23, 0.10)}  # Scala minus ST at r = 0.25 and 1
+    by_budget = {e: {'gaps': {'ST r=0.25': g[0], 'ST r=1': g[1]}} for e, g in gaps.items()}
+    # within the spread: below ST by less than it; beating ST (+0.10) or trailing by more (-1.53) is not
+    assert regime.within_note(by_budget, (0.96, 0.13)) == (
+        ' Scala is below ST by less than those 0.96 points at r = 0.25 (20 epochs) and r = 1 (10 epochs): one seed '
+        'does not tell the two apart there.')
+    assert regime.within_note(by_budget, (0.1, 0.05)) == ''
+    assert regime.within_note(by_budget, None) == ''  # no second seed yet: nothing to measure against
     assert regime.at_budgets([5, 10], 'at none') == 'at 5, 10 epochs' and regime.at_budgets([], 'at none') == 'at none'
