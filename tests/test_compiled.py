@@ -9,6 +9,7 @@ import sys
 import httpx
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from conftest import FAST, make_image_folder, randomize
 from scalavit import compiled
@@ -220,22 +221,33 @@ def test_compile_without_a_compiler_is_one_clear_line(run, monkeypatch, capsys):
     assert err.count('\n') == 1 and '--compile needs a C++ compiler' in err
 
 
-def test_compiled_training_takes_the_eager_steps(run, tmp_path):
-    """Two Scala steps (four sub-networks each, Mixup, distillation from the full width) compiled and eager: the same
-    losses and the same weights after, so the same gradients."""
-    data = run.parent / 'data'
-    common = ['train', '--data', str(data), '--smallest', '0.5', '--granularity', '1/4', *FAST,
-              '--epochs', '1', '--max-steps', '2', '--full-warmup-epochs', '0', '--eval-widths', '1.0']
-    assert main([*common, '--output', str(tmp_path / 'eager')]) == 0
-    assert main([*common, '--output', str(tmp_path / 'compiled'), '--compile']) == 0
-    eager, compiled_log = (json.loads((tmp_path / name / 'log.jsonl').read_text().splitlines()[-1])
-                           for name in ('eager', 'compiled'))
+def two_scala_steps(run, output, *flags):
+    """Two Scala steps (four sub-networks each, Mixup, distillation from the full width): the last log row and the
+    weights after."""
+    assert main(['train', '--data', str(run.parent / 'data'), '--smallest', '0.5', '--granularity', '1/4', *FAST,
+                 '--epochs', '1', '--max-steps', '2', '--full-warmup-epochs', '0', '--eval-widths', '1.0',
+                 '--output', str(output), *flags]) == 0
+    return (json.loads((output / 'log.jsonl').read_text().splitlines()[-1]),
+            torch.load(output / 'last.pt', weights_only=False)['model'])
+
+
+@pytest.fixture(scope='module')
+def eager_steps(run, tmp_path_factory):
+    return two_scala_steps(run, tmp_path_factory.mktemp('eager-steps') / 'run')
+
+
+@pytest.mark.parametrize('flags', [['--compile'], ['--compile', '--compile-regional']], ids=['whole', 'regional'])
+def test_compiled_training_takes_the_eager_steps(run, eager_steps, flags, tmp_path):
+    """Compiled whole or block by block, the two steps give the eager losses and the eager weights after, so the
+    same gradients. One graph a width, its blocks sharing it, and none for the eager evaluation."""
+    counters.clear()
+    (eager_log, eager_weights), (log, weights) = eager_steps, two_scala_steps(run, tmp_path / 'run', *flags)
+    assert counters['stats']['unique_graphs'] == 3
     for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
-        assert compiled_log[key] == pytest.approx(eager[key], rel=1e-4, abs=1e-5), key
-    eager_weights, compiled_weights = (torch.load(tmp_path / name / 'last.pt', weights_only=False)['model']
-                                       for name in ('eager', 'compiled'))
+        assert log[key] == pytest.approx(eager_log[key], rel=1e-4, abs=1e-5), key
+    assert weights.keys() == eager_weights.keys()  # compiling in place renames nothing in the checkpoint
     for name, tensor in eager_weights.items():
-        torch.testing.assert_close(compiled_weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_compiled_training_under_torchrun_takes_the_eager_steps(run, tmp_path):

@@ -3,7 +3,7 @@ import gzip
 import pytest
 import torch
 
-from scalavit.data import FashionMNIST, collate_readable, read_fashion_mnist
+from scalavit.data import FashionMNIST, build_datasets, collate_readable, read_fashion_mnist
 
 
 def write_idx(path, magic, shape, payload):
@@ -27,6 +27,16 @@ def test_idx_files_are_read_back_exactly(fake_fashion):
     dataset = FashionMNIST('train', root=root)
     image, label = dataset[2]
     assert image.mode == 'L' and image.size == (28, 28) and label == 9
+
+
+def test_a_folder_of_the_four_files_is_fashion_mnist_as_data(fake_fashion):
+    """--data FOLDER reads Fashion-MNIST from there (a copy where the Debian package cannot be installed)."""
+    root, images = fake_fashion
+    write_idx(root / 't10k-images-idx3-ubyte.gz', 2051, (1, 28, 28), b'\7' * 28 * 28)
+    write_idx(root / 't10k-labels-idx1-ubyte.gz', 2049, (1,), bytes([2]))
+    train_set, eval_set, classes = build_datasets(str(root), lambda image: image, lambda image: image, in_chans=1)
+    assert len(train_set) == 3 and len(eval_set) == 1 and classes == list(FashionMNIST.classes)
+    assert eval_set[0][1] == 2 and eval_set[0][0].getpixel((5, 5)) == 7 and train_set[1][1] == 0
 
 
 def test_missing_dataset_says_how_to_install_it(tmp_path):

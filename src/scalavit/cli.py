@@ -23,7 +23,7 @@ from .train import train
 
 _HELP = {
     'method': 'scala, usnet (US-Net baseline) or separate (one ordinary model of --width)',
-    'model': 'a scala_* timm model name', 'data': "'fashion-mnist' or an image folder with train/ and val/",
+    'model': 'a scala_* timm model name', 'data': "'fashion-mnist', a folder of its four *-ubyte.gz files, or an image folder with train/ and val/",
     'output': 'run directory: config.json, log.jsonl, log.csv, last.pt, best.pt',
     'max_steps': 'stop after this many optimizer steps (smoke runs)', 'batch_size': 'images per process and step',
     'teacher': 'full-width checkpoint (e.g. from --method separate --width 1.0) for hard distillation',
@@ -36,6 +36,8 @@ _HELP = {
     'grad_stats': "every N steps, each sub-network's gradient norm and the cosines between them (grad_stats.jsonl)",
     'amp': 'none, fp16 or bf16 (CUDA only)',
     'compile': 'torch.compile forward and backward, one graph per width, compiled before the first step',
+    'compile_mode': "torch.compile's mode: default, or reduce-overhead (CUDA graphs; CUDA, one process)",
+    'compile_regional': 'compile each transformer block instead of the whole model: several times less compilation',
     'eval_widths': 'widths evaluated after each epoch (all after the last)',
     'auto_augment': "timm RandAugment string, or 'none'", 'clip_grad': 'clip the gradient norm to this value',
     'init': "start from these weights: a scalavit run or checkpoint, a .pth, a .safetensors file or local-dir:FOLDER "

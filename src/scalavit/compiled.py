@@ -139,7 +139,7 @@ def compile_package(program: ExportedProgram, path: Path, weights: bool = True) 
 
 
 def compile_for_training(module: nn.Module, widths: tuple[float, ...], example: torch.Tensor, autocast,
-                         progress: bool = True) -> nn.Module:
+                         progress: bool = True, mode: str = 'default', regional: bool = False) -> nn.Module:
     """``torch.compile`` of a (possibly DDP-wrapped) slimmable model for training, every width's forward and backward
     compiled here, before the first step.
 
@@ -147,18 +147,32 @@ def compile_for_training(module: nn.Module, widths: tuple[float, ...], example: 
     raised to hold them all). Random ops draw as in eager mode (inductor's ``fallback_random``), so a compiled run's
     losses are the eager run's up to float summation order; the warm-up passes leave no gradient and draw nothing
     from the run's generators.
+
+    ``regional``: each transformer block is compiled in place instead of the whole model (PyTorch's regional
+    compilation). The blocks share one graph per width, so compiling costs a fraction of the whole model's; the
+    patch embedding and the head stay eager. ``mode='reduce-overhead'`` (CUDA) replays the graphs as CUDA graphs;
+    the caller then starts each step with ``torch.compiler.cudagraph_mark_step_begin()``.
     """
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(widths) + 8)
     torch._inductor.config.fallback_random = True
-    compiled = torch.compile(module)
+    if regional:
+        for block in getattr(module, 'module', module).blocks:  # DDP keeps the model as .module
+            block.compile(mode=mode)
+        compiled = module
+    else:
+        compiled = torch.compile(module, mode=mode)
+    cuda_graphs = mode == 'reduce-overhead'
     devices = [example.device] if example.device.type == 'cuda' else []
     with torch.random.fork_rng(devices=devices):
         for width in tqdm(widths, desc='compiling widths (forward and backward)', unit='width', disable=not progress):
-            with autocast():
-                output = compiled(example, width)
-                outputs = output if isinstance(output, tuple) else (output,)
-                loss = sum(o.float().mean() for o in outputs)
-            loss.backward()
+            for _ in range(2 if cuda_graphs else 1):  # a CUDA graph is recorded on its second pass
+                if cuda_graphs:
+                    torch.compiler.cudagraph_mark_step_begin()
+                with autocast():
+                    output = compiled(example, width)
+                    outputs = output if isinstance(output, tuple) else (output,)
+                    loss = sum(o.float().mean() for o in outputs)
+                loss.backward()
     for parameter in module.parameters():
         parameter.grad = None
     return compiled

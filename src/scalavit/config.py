@@ -61,6 +61,8 @@ class TrainConfig:
     device: str = 'cuda' if torch.cuda.is_available() else 'cpu'
     amp: str = 'none'  # none | fp16 | bf16 (CUDA only)
     compile: bool = False  # torch.compile the training forward and backward, one graph per width
+    compile_mode: str = 'default'  # default | reduce-overhead (each width's passes replayed as CUDA graphs; CUDA only)
+    compile_regional: bool = False  # compile each transformer block, not the whole model: far shorter compilation
     grad_stats: Optional[int] = None  # every N steps, the sub-networks' gradients compared (grad_stats.jsonl)
     workers: int = 1
     seed: int = 0
@@ -69,10 +71,12 @@ class TrainConfig:
     def __post_init__(self):
         """Every option is checked here, before any data is read or any step is taken."""
         choices = dict(method=('scala', 'usnet', 'separate'), amp=('none', 'fp16', 'bf16'),
-                       transfer=('progressive', 'full'), sampling=('stable', 'uniform'))
+                       transfer=('progressive', 'full'), sampling=('stable', 'uniform'),
+                       compile_mode=('default', 'reduce-overhead'))
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
         if self.auto_augment == 'none':
             self.auto_augment = None
         check_slimmable_model_name(self.model)
@@ -84,6 +88,7 @@ class TrainConfig:
         if self.amp != 'none' and not self.device.startswith('cuda'):
             raise ValueError(f"--amp {self.amp} needs a CUDA device (this run is on {self.device}): mixed precision "
                              "on a CPU is far slower than fp32. Use --amp none")
+        self._check_compile_options()
         self._check_ranges()
         if self.batch_size < 2 or (self.batch_size % 2 and (self.mixup > 0 or self.cutmix > 0)):
             raise ValueError(f"--batch-size {self.batch_size}: Mixup/CutMix need an even batch size of at least 2")
@@ -100,6 +105,13 @@ class TrainConfig:
                                  f"{', '.join(f'{w:g}' for w in grid.widths)}") from None
         if self.output is None:
             self.output = f"runs/{self.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def _check_compile_options(self):
+        if not self.compile and (self.compile_mode != 'default' or self.compile_regional):
+            raise ValueError("--compile-mode and --compile-regional say how --compile compiles; add --compile")
+        if self.compile_mode == 'reduce-overhead' and not self.device.startswith('cuda'):
+            raise ValueError(f"--compile-mode reduce-overhead replays CUDA graphs and needs a CUDA device (this run "
+                             f"is on {self.device}); use --compile-mode default")
 
     def _check_ranges(self):
         at_least = dict(epochs=1, max_steps=1, warmup_epochs=0, full_warmup_epochs=0, workers=0, grad_stats=1)

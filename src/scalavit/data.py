@@ -24,7 +24,7 @@ def read_fashion_mnist(split: str, root: Path = FASHION_MNIST_ROOT) -> tuple[tor
             raise FileNotFoundError(
                 f"Fashion-MNIST file {path} is missing; install the Debian package with "
                 "`sudo apt-get update && sudo apt-get install -y dataset-fashion-mnist`, "
-                "or pass the folder holding the four *-ubyte.gz files")
+                "or give the folder holding the four *-ubyte.gz files as --data")
     images = _read_idx(images_path, magic=2051)
     labels = _read_idx(labels_path, magic=2049)
     if len(images) != len(labels):
@@ -136,12 +136,22 @@ def build_transform(data_config: dict, train: bool, auto_augment: Optional[str] 
         std=data_config['std'], crop_pct=data_config['crop_pct'])
 
 
+def fashion_mnist_root(data: str) -> Optional[Path]:
+    """The folder of Fashion-MNIST's four files that ``data`` names: 'fashion-mnist' for the Debian package's, or a
+    folder holding them; None for anything else (an image folder)."""
+    if data == 'fashion-mnist':
+        return FASHION_MNIST_ROOT
+    return Path(data) if (Path(data) / 'train-images-idx3-ubyte.gz').is_file() else None
+
+
 def build_datasets(data: str, train_transform: Callable, eval_transform: Callable,
                    in_chans: int) -> tuple[Dataset, Dataset, list[str]]:
-    """Training set, evaluation set and class names of ``fashion-mnist`` or an image folder with train/ and val/."""
+    """Training set, evaluation set and class names of Fashion-MNIST (see ``fashion_mnist_root``) or an image folder
+    with train/ and val/."""
     eval_set, classes = build_eval_dataset(data, eval_transform, in_chans)
-    if data == 'fashion-mnist':
-        return FashionMNIST('train', train_transform), eval_set, classes
+    root = fashion_mnist_root(data)
+    if root is not None:
+        return FashionMNIST('train', train_transform, root), eval_set, classes
     train_set = image_folder(Path(data) / 'train', train_transform, in_chans)
     if train_set.classes != classes:
         raise ValueError(f"{data}/train and {data}/val have different classes: "
@@ -151,11 +161,13 @@ def build_datasets(data: str, train_transform: Callable, eval_transform: Callabl
 
 def build_eval_dataset(data: str, transform: Callable, in_chans: int) -> tuple[Dataset, list[str]]:
     """The evaluation set (Fashion-MNIST's test split, or an image folder's val/) and its class names."""
-    if data == 'fashion-mnist':
-        return FashionMNIST('test', transform), list(FashionMNIST.classes)
+    root = fashion_mnist_root(data)
+    if root is not None:
+        return FashionMNIST('test', transform, root), list(FashionMNIST.classes)
     root = Path(data)
     if not root.is_dir():
         raise FileNotFoundError(
-            f"--data {data}: no such folder; give 'fashion-mnist' or an image folder with train/<class>/ and val/<class>/")
+            f"--data {data}: no such folder; give 'fashion-mnist', a folder of Fashion-MNIST's four *-ubyte.gz "
+            "files, or an image folder with train/<class>/ and val/<class>/")
     eval_set = image_folder(root / 'val', transform, in_chans)
     return eval_set, eval_set.classes

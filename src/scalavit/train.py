@@ -152,11 +152,16 @@ class Trainer:
             ids = [self.device.index] if self.device.type == 'cuda' else None
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=self.model.distilled and self.teacher is None)
+        self.cuda_graphs = config.compile and config.compile_mode == 'reduce-overhead'
         if config.compile:
             check_can_compile(self.device)
+            if self.cuda_graphs and self.ddp.enabled:
+                raise ValueError("--compile-mode reduce-overhead runs in one process; under torchrun use "
+                                 "--compile-mode default")
             example = torch.zeros(config.batch_size, *data_config['input_size'], device=self.device)
             self.train_model = compile_for_training(self.train_model.train(), self.model.widths, example,
-                                                    self.autocast, progress=self.ddp.is_main)
+                                                    self.autocast, self.ddp.is_main, config.compile_mode,
+                                                    config.compile_regional)
 
     # set-up
 
@@ -306,6 +311,8 @@ class Trainer:
 
     def _train_step(self, images: torch.Tensor, targets: torch.Tensor) -> dict:
         config = self.config
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         images = images.to(self.device, non_blocking=True)
         targets = targets.to(self.device, non_blocking=True)
         if self.mixup is not None:
@@ -342,6 +349,7 @@ class Trainer:
         return losses
 
     @torch.no_grad()
+    @torch.compiler.set_stance('force_eager')  # --compile's graphs are for training; blocks compiled in place too
     def evaluate(self, widths) -> dict:
         """Top-1 (%) of every width in ``widths``; each batch is decoded once and run through all of them."""
         model = self.model.eval()
