@@ -11,6 +11,7 @@ cache, and to load on a second start.
     python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
     python benchmarks/compile_speed.py --train                            # the default main job, eager then compiled
     python benchmarks/compile_speed.py --training-compile                 # compiling for training, cold then cached
+                                                                          # (whole model, then --compile-regional)
 
 ``--train`` runs ``scalavit train`` (the default main job on Fashion-MNIST, or with ``--train-args``) twice, eager
 then with ``--compile`` into an empty inductor cache, and prints the wall times with compilation and each run's
@@ -76,20 +77,22 @@ from scalavit.compiled import compile_for_training
 model = timm.create_model(sys.argv[1]).train()
 start = time.perf_counter()
 compile_for_training(model, model.widths, torch.zeros(128, *model.pretrained_cfg['input_size']),
-                     contextlib.nullcontext, progress=False)
+                     contextlib.nullcontext, progress=False, regional=sys.argv[2] == 'regional')
 print(time.perf_counter() - start)
 """
 
 
 def training_compile_times(model_name: str) -> None:
-    """What ``scalavit train --compile`` spends compiling (batch 128), in a fresh process with an empty inductor
-    cache, then in another fresh process with the cache the first one left."""
-    with tempfile.TemporaryDirectory() as tmp:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tmp)
-        seconds = [float(subprocess.run([sys.executable, '-c', _COMPILE_FOR_TRAINING, model_name], env=env, check=True,
-                                        capture_output=True, text=True).stdout.split()[-1]) for _ in range(2)]
-    print(f"{model_name}: compiling every width's forward and backward for training: {seconds[0]:.1f} s with an "
-          f"empty inductor cache, {seconds[1]:.1f} s on a second start")
+    """What ``scalavit train --compile`` spends compiling (batch 128), whole model and ``--compile-regional``: each in
+    a fresh process with an empty inductor cache, then in another fresh process with the cache the first one left."""
+    for scope in ('whole', 'regional'):
+        with tempfile.TemporaryDirectory() as tmp:
+            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tmp)
+            seconds = [float(subprocess.run([sys.executable, '-c', _COMPILE_FOR_TRAINING, model_name, scope], env=env,
+                                            check=True, capture_output=True, text=True).stdout.split()[-1])
+                       for _ in range(2)]
+        print(f"{model_name}, {scope}: compiling every width's forward and backward for training: {seconds[0]:.1f} s "
+              f"with an empty inductor cache, {seconds[1]:.1f} s on a second start", flush=True)
 
 
 def main() -> None:

@@ -53,6 +53,7 @@ from scalavit.report import read_report
 from scalavit.train import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))
+from loader_speed import images_per_second  # noqa: E402
 from study import fashion_subset  # noqa: E402
 from train_step import make_batch, scala_step_fn  # noqa: E402
 
@@ -304,29 +305,97 @@ def exact_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def check_compiled_training(data: Path, workdir: Path, device: str, epochs: int = 5) -> str:
-    """The same run (4 widths, 50 steps, fp32) eager and with ``--compile``: the losses of every epoch agree, and
-    both report their speed; the compiled trainer's start includes compiling every width's forward and backward."""
+CUDA_GRAPHS = dict(compile=True, compile_mode='reduce-overhead')
+COMPILED_TRAINING = {'compiled': dict(compile=True), 'CUDA graphs': CUDA_GRAPHS,
+                     'regional CUDA graphs': dict(CUDA_GRAPHS, compile_regional=True)}
+
+
+def check_compiled_training(data: Path, workdir: Path, device: str, epochs: int = 5,
+                            variants: dict = COMPILED_TRAINING) -> str:
+    """The same run (4 widths, 50 steps, fp32) eager and compiled in each of ``variants`` (TrainConfig options): the
+    losses of every epoch agree, and each reports its speed; a compiled trainer's start includes compiling every
+    width's forward and backward. The first variant's run is what the eval, pick and serve checks use."""
     options = dict(granularity=0.25, epochs=epochs)
     runs = {}
     with exact_fp32():
-        for name, compile in (('eager', False), ('compiled', True)):
+        for name, variant in {'eager': {}, **variants}.items():
             start = time.perf_counter()
-            trainer = Trainer(train_config(data, workdir / f'train-{name}', FASHION_MODEL, device, 'none',
-                                           compile=compile, **options))
+            output = workdir / ('train-compiled' if name == next(iter(variants)) else f"train-{slug(name)}")
+            trainer = Trainer(train_config(data, output, FASHION_MODEL, device, 'none', **options, **variant))
             setup = time.perf_counter() - start
             trainer.fit()
             runs[name] = trainer.log_rows, setup, time.perf_counter() - start
-    (eager, eager_setup, eager_s), (compiled, compiled_setup, compiled_s) = runs['eager'], runs['compiled']
+    eager, eager_setup, eager_s = runs.pop('eager')
     keys = [k for k in eager[0] if k.startswith('loss_')]
-    worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for a, b in zip(eager, compiled) for k in keys)
-    if len(eager) != len(compiled) or worst > 1e-3:
-        raise AssertionError(f"compiled losses differ from eager by up to {worst:.3g} (relative)")
     rate = lambda rows: statistics.median(row['images_per_s'] for row in rows[1:] or rows)  # noqa: E731
-    return (f"{eager[-1]['step']} steps, {len(keys)} losses an epoch within {worst:.2g} (relative) of eager; "
-            f"start {compiled_setup:.0f} s compiled (4 widths forward and backward) vs {eager_setup:.0f} s eager, "
-            f"whole run {compiled_s:.0f} s vs {eager_s:.0f} s; {rate(compiled):.0f} vs {rate(eager):.0f} img/s "
-            f"after epoch 1")
+    parts = []
+    for name, (rows, setup, seconds) in runs.items():
+        worst = max(abs(a[k] - b[k]) / max(abs(a[k]), 1e-12) for a, b in zip(eager, rows) for k in keys)
+        if len(eager) != len(rows) or worst > 1e-3:
+            raise AssertionError(f"{name}: losses differ from eager by up to {worst:.3g} (relative)")
+        parts.append(f"{name}: losses within {worst:.2g} (relative), start {setup:.0f} s, whole run {seconds:.0f} s, "
+                     f"{rate(rows):.0f} img/s after epoch 1")
+    return (f"{eager[-1]['step']} steps, {len(keys)} losses an epoch against eager (start {eager_setup:.0f} s, "
+            f"whole run {eager_s:.0f} s, {rate(eager):.0f} img/s after epoch 1); " + '; '.join(parts))
+
+
+def slug(name: str) -> str:
+    return name.lower().replace(' ', '-')
+
+
+MAIN_JOB = {'eager': {}, 'regional CUDA graphs': dict(CUDA_GRAPHS, compile_regional=True), 'CUDA graphs': CUDA_GRAPHS}
+
+
+def check_main_job(fashion: Path, workdir: Path, device: str, variants: dict = MAIN_JOB, scala_steps: int = 200,
+                   **options) -> str:
+    """The default main job (``scalavit train``'s defaults on all of Fashion-MNIST, or ``options``) eager and compiled
+    in each of ``variants``: its first epoch (the full width alone) and ``scala_steps`` Scala steps of the second,
+    timed whole, compilation included (into whatever inductor cache this machine has), in fp32.
+
+    From each run, the 7-epoch job's wall time is estimated: start, epoch 1, six epochs at the second epoch's rate,
+    and the evaluations scaled to the job's (each epoch's few widths, every width after the last). The ratio to the
+    eager estimate is the compile issue's target (<= 0.75). A compiled run's epoch-1 loss must be eager's (1e-3);
+    its Scala losses are reported. Last, what the training loader (one worker, as the job) delivers alone. Each run
+    prints its line as it ends, so a run cut short by a time limit leaves the ones before it."""
+    runs = {}
+    with exact_fp32():
+        for name, variant in variants.items():
+            config = TrainConfig(data=str(fashion), device=device, output=str(workdir / f"main-{slug(name)}"),
+                                 **{**options, **variant})
+            config.max_steps = len(FashionMNIST('train', root=fashion)) // config.batch_size + scala_steps
+            start = time.perf_counter()
+            trainer = Trainer(config)
+            setup = time.perf_counter() - start
+            trainer.fit()
+            runs[name] = estimate = main_job_estimate(trainer, setup, time.perf_counter() - start)
+            print(f"     main job {name}: {estimate['line']}", flush=True)
+    eager = runs[next(iter(variants))]
+    parts = [f"{name} {run['minutes']:.1f} min ({run['minutes'] / eager['minutes']:.2f}x)" for name, run in runs.items()]
+    for name, run in runs.items():
+        difference = abs(run['epoch1_loss'] - eager['epoch1_loss']) / eager['epoch1_loss']
+        if difference > 1e-3:
+            raise AssertionError(f"{name}: epoch-1 loss {run['epoch1_loss']:.6f} against eager "
+                                 f"{eager['epoch1_loss']:.6f}")
+    loader_rate = images_per_second(trainer.train_loader, batches=100)
+    return (f"7-epoch job estimated: {', '.join(parts)}; the loader alone (1 worker, {os.cpu_count()} CPUs) "
+            f"{loader_rate:,.0f} img/s")
+
+
+def main_job_estimate(trainer: Trainer, setup: float, wall: float) -> dict:
+    """The 7-epoch job's wall time (minutes) estimated from a run of one epoch and part of a second (see
+    ``check_main_job``), with the figures it came from."""
+    first, second = trainer.log_rows[0], trainer.log_rows[1]
+    steps = len(trainer.train_loader)
+    epoch_s = steps * trainer.config.batch_size / second['images_per_s']
+    few, every = len(trainer._eval_widths()), len(trainer.model.widths)
+    evaluations = (wall - setup - first['time_s'] - second['time_s']) * (6 * few + every) / (few + every)
+    seconds = setup + first['time_s'] + 6 * epoch_s + evaluations
+    scala = {k: round(v, 5) for k, v in second.items() if k.startswith('loss_')}
+    line = (f"start {setup:.0f} s, epoch 1 {first['time_s']:.0f} s ({first['images_per_s']:.0f} img/s), epoch 2 at "
+            f"{second['images_per_s']:.0f} img/s over {second['step'] - first['step']} Scala steps, measured "
+            f"{wall:.0f} s; 7 epochs about {seconds / 60:.1f} min; epoch-1 loss {first['loss_full']:.6f}, Scala "
+            f"losses {scala}")
+    return dict(minutes=seconds / 60, epoch1_loss=first['loss_full'], line=line)
 
 
 def check_compiled_eval_and_pick(run: Path, device: str, cache: Path) -> str:
@@ -437,6 +506,7 @@ def checks(workdir: Path, fashion: Path, device: str) -> list[tuple[str, Callabl
     listed += [
         ('compiled widths', lambda: check_compiled_widths(device, workdir / 'widths-cache', granularity=0.25)),
         ('train --compile', lambda: check_compiled_training(small, workdir, device)),
+        ('main job --compile', lambda: check_main_job(fashion, workdir, device)),
         ('eval, pick --compile', lambda: check_compiled_eval_and_pick(workdir / 'train-compiled', device, cache)),
         ('serve --compile', lambda: check_serve(workdir / 'train-compiled', image, device, options=compile_options)),
     ]

@@ -102,7 +102,7 @@ def peak_memory_mib(args, kind):
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
     command = [sys.executable, __file__, '--model', args.model, '--batch-size', str(args.batch_size),
-               '--seed', str(args.seed), '--memory-of', kind]
+               '--seed', str(args.seed), '--memory-of', kind, *(['--regional'] if args.regional else [])]
     return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)['peak_mib']
 
 
@@ -111,7 +111,8 @@ def build_step(args, kind):
     model = timm.create_model(args.model).to(args.device).train()
     images, target = make_batch(model, args.batch_size, args.device)
     if kind == 'compiled':
-        return model, scala_step_fn(compiled_model(model, images, args.seed), images, target, args.seed)
+        return model, scala_step_fn(compiled_model(model, images, args.seed, args.regional), images, target,
+                                    args.seed)
     if kind == 'scala':
         return model, scala_step_fn(model, images, target, args.seed)
     return model, full_step_fn(model, images, target)
@@ -122,9 +123,11 @@ def step_widths(model, seed):
     return [model.grid.largest, upper, lower, model.grid.smallest]
 
 
-def compiled_model(model, images, seed):
-    """The model as ``scalavit train --compile`` compiles it, warmed up at the widths the step trains."""
-    return compile_for_training(model, tuple(step_widths(model, seed)), images, contextlib.nullcontext)
+def compiled_model(model, images, seed, regional=False):
+    """The model as ``scalavit train --compile [--compile-regional]`` compiles it, warmed up at the widths the step
+    trains."""
+    return compile_for_training(model, tuple(step_widths(model, seed)), images, contextlib.nullcontext,
+                                regional=regional)
 
 
 def rss_mib():
@@ -183,14 +186,18 @@ def compare_compiled(args):
     model, eager_step = build_step(args, 'scala')
     images, target = make_batch(model, args.batch_size, args.device)
     start = time.perf_counter()
-    compiled_step = scala_step_fn(compiled_model(model, images, args.seed), images, target, args.seed)
+    compiled = timm.create_model(args.model).to(args.device).train()
+    compiled.load_state_dict(model.state_dict())
+    compiled_step = scala_step_fn(compiled_model(compiled, images, args.seed, args.regional), images, target,
+                                  args.seed)
     compile_s = time.perf_counter() - start
     compiled_time, eager_time = time_alternately(compiled_step, eager_step, args.calls, warmup=1)
+    kind = 'compiled block by block' if args.regional else 'compiled'
     print(f"{args.model}, batch {args.batch_size}, {args.device}, fp32, {torch.get_num_threads()} threads, "
           f"widths {step_widths(model, args.seed)}; compiling them took {compile_s:.0f} s")
     print(f"{'Scala step':32} {'ms':>10}")
     print(f"{'eager':32} {1e3 * eager_time:>10.1f}")
-    print(f"{'compiled':32} {1e3 * compiled_time:>10.1f}")
+    print(f"{kind:32} {1e3 * compiled_time:>10.1f}")
     print(f"time ratio compiled / eager: {compiled_time / eager_time:.3f}   (target <= 1.0)")
     if args.time_only:
         return
@@ -209,6 +216,8 @@ def main():
     parser.add_argument('--compiled', action='store_true', help='compiled Scala step against the eager one')
     parser.add_argument('--profile', action='store_true', help="where the eager Scala step's time goes")
     parser.add_argument('--time-only', action='store_true', help='skip the memory comparison (--compiled)')
+    parser.add_argument('--regional', action='store_true', help='--compiled: each block compiled, as '
+                                                                '`scalavit train --compile --compile-regional`')
     parser.add_argument('--memory-of', choices=['scala', 'full', 'compiled'], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_of:

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,6 +11,8 @@ import torch
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
 import gpu_check  # noqa: E402
+from scalavit.data import read_fashion_mnist  # noqa: E402
+from test_data import write_idx  # noqa: E402
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU: the script would run its checks')
@@ -86,3 +89,38 @@ def test_eval_pick_and_serve_checks_on_the_cpu(run, fashion):
     assert gpu_check.check_eval_and_pick(run, 'cpu').startswith('13 widths')
     image = next((fashion / 'val').glob('*/*.png'))
     assert 'answered 200' in gpu_check.check_serve(run, image, 'cpu', requests=16)
+
+
+@pytest.fixture(scope='module')
+def fashion_files(tmp_path_factory):
+    """A folder of Fashion-MNIST's four files holding its first 256 training and 64 test images."""
+    root = tmp_path_factory.mktemp('fashion-files')
+    for split, prefix, count in (('train', 'train', 256), ('test', 't10k', 64)):
+        images, labels = read_fashion_mnist(split)
+        write_idx(root / f'{prefix}-images-idx3-ubyte.gz', 2051, (count, 28, 28), images[:count].numpy().tobytes())
+        write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', 2049, (count,), labels[:count].to(torch.uint8).numpy().tobytes())
+    return root
+
+
+def test_main_job_check_runs_the_job_eager_and_compiled_and_compares_them(fashion_files, tmp_path, capsys):
+    variants = {'eager': {}, 'regional': dict(compile=True, compile_regional=True)}
+    detail = gpu_check.check_main_job(fashion_files, tmp_path, 'cpu', variants, scala_steps=2, granularity=0.25,
+                                      batch_size=64)
+    lines = [line for line in capsys.readouterr().out.splitlines() if 'main job' in line]
+    assert [line.split(':')[0].split()[-1] for line in lines] == ['eager', 'regional']
+    assert all('over 2 Scala steps' in line and 'epoch-1 loss' in line for line in lines)
+    assert detail.startswith('7-epoch job estimated: eager ') and '(1.00x), regional ' in detail
+    for name in ('eager', 'regional'):
+        log = [json.loads(line) for line in (tmp_path / f'main-{name}' / 'log.jsonl').read_text().splitlines()]
+        assert [row['step'] for row in log] == [4, 6]  # 256 images at 64: one epoch, then the two Scala steps
+
+
+def test_the_main_job_estimate_scales_the_second_epoch_and_the_evaluations_to_seven_epochs():
+    rows = [dict(time_s=30.0, images_per_s=2000.0, step=468, loss_full=1.5),
+            dict(time_s=20.0, images_per_s=1280.0, step=668, loss_full=1.2, loss_smallest=1.6)]
+    trainer = SimpleNamespace(log_rows=rows, train_loader=range(468), config=SimpleNamespace(batch_size=128),
+                              _eval_widths=lambda: [0.25, 0.5, 0.75, 1.0], model=SimpleNamespace(widths=[0] * 13))
+    estimate = gpu_check.main_job_estimate(trainer, setup=10.0, wall=77.0)
+    # start 10 + epoch 1 30 + 6 epochs of 468 x 128 images at 1280 img/s (46.8 s) + evaluations 17 s x 37 / 17
+    assert estimate['minutes'] * 60 == pytest.approx(10 + 30 + 6 * 46.8 + 37)
+    assert estimate['epoch1_loss'] == 1.5 and "'loss_smallest': 1.6" in estimate['line']
