@@ -4,8 +4,9 @@ Mixed-precision training (fp32, fp16 with the gradient scaler, bf16) of the defa
 and of DeiT-S at 224 on random images; fp16 with --clip-grad clipping the norm; a resumed run against an uninterrupted
 one; the Scala training step of DeiT-S at batch 128 in bf16, eager and compiled; `scalavit eval` and `pick` timing
 every width with CUDA synchronisation; `scalavit serve` on CUDA answering a burst of requests; and `--compile` on
-CUDA: every width of the default model compiled in process (plain and as CUDA graphs) against eager, a compiled
-training run against the eager one, and `eval`, `pick` and `serve` of compiled widths. Without a CUDA device it says
+CUDA: every width of the default model compiled in process (plain and as CUDA graphs) against eager, compiled
+training runs (whole, with CUDA graphs, block by block) against the eager one, the default main job eager and
+compiled, and `eval`, `pick` and `serve` of compiled widths. Without a CUDA device it says
 so in one line and exits 0.
 Results are recorded in docs/gpu.md.
 
@@ -370,30 +371,31 @@ def check_main_job(fashion: Path, workdir: Path, device: str, variants: dict = M
             runs[name] = estimate = main_job_estimate(trainer, setup, time.perf_counter() - start)
             print(f"     main job {name}: {estimate['line']}", flush=True)
     eager = runs[next(iter(variants))]
-    parts = [f"{name} {run['minutes']:.1f} min ({run['minutes'] / eager['minutes']:.2f}x)" for name, run in runs.items()]
+    parts = [f"{name} {run['minutes']:.1f} min ({run['minutes'] / eager['minutes']:.2f}x)"
+             for name, run in runs.items()]
     for name, run in runs.items():
         difference = abs(run['epoch1_loss'] - eager['epoch1_loss']) / eager['epoch1_loss']
         if difference > 1e-3:
             raise AssertionError(f"{name}: epoch-1 loss {run['epoch1_loss']:.6f} against eager "
                                  f"{eager['epoch1_loss']:.6f}")
     loader_rate = images_per_second(trainer.train_loader, batches=100)
-    return (f"7-epoch job estimated: {', '.join(parts)}; the loader alone (1 worker, {os.cpu_count()} CPUs) "
+    return (f"{config.epochs}-epoch job estimated: {', '.join(parts)}; the loader alone (1 worker, {os.cpu_count()} CPUs) "
             f"{loader_rate:,.0f} img/s")
 
 
 def main_job_estimate(trainer: Trainer, setup: float, wall: float) -> dict:
-    """The 7-epoch job's wall time (minutes) estimated from a run of one epoch and part of a second (see
-    ``check_main_job``), with the figures it came from."""
+    """The whole job's wall time (minutes, all ``--epochs``) estimated from a run of one epoch and part of a second
+    (see ``check_main_job``), with the figures it came from."""
     first, second = trainer.log_rows[0], trainer.log_rows[1]
-    steps = len(trainer.train_loader)
-    epoch_s = steps * trainer.config.batch_size / second['images_per_s']
+    later = trainer.config.epochs - 1
+    epoch_s = len(trainer.train_loader) * trainer.config.batch_size / second['images_per_s']
     few, every = len(trainer._eval_widths()), len(trainer.model.widths)
-    evaluations = (wall - setup - first['time_s'] - second['time_s']) * (6 * few + every) / (few + every)
-    seconds = setup + first['time_s'] + 6 * epoch_s + evaluations
+    evaluations = (wall - setup - first['time_s'] - second['time_s']) * (later * few + every) / (few + every)
+    seconds = setup + first['time_s'] + later * epoch_s + evaluations
     scala = {k: round(v, 5) for k, v in second.items() if k.startswith('loss_')}
     line = (f"start {setup:.0f} s, epoch 1 {first['time_s']:.0f} s ({first['images_per_s']:.0f} img/s), epoch 2 at "
             f"{second['images_per_s']:.0f} img/s over {second['step'] - first['step']} Scala steps, measured "
-            f"{wall:.0f} s; 7 epochs about {seconds / 60:.1f} min; epoch-1 loss {first['loss_full']:.6f}, Scala "
+            f"{wall:.0f} s; {later + 1} epochs about {seconds / 60:.1f} min; epoch-1 loss {first['loss_full']:.6f}, Scala "
             f"losses {scala}")
     return dict(minutes=seconds / 60, epoch1_loss=first['loss_full'], line=line)
 

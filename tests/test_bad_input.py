@@ -47,7 +47,7 @@ CASES = {
     'train unknown compile mode': (lambda T, S: ['train', '--compile', '--compile-mode', 'max-speed'],
                                    "--compile-mode must be one of default, reduce-overhead, got 'max-speed'"),
     'train regional without compile': (lambda T, S: ['train', '--compile-regional'],
-                                       '--compile-mode and --compile-regional say how --compile compiles; add --compile'),
+                                       'say how --compile compiles; add --compile'),
     'train output under a file': (lambda T, S: ['train', '--output', write(S / 'notes.txt', 'x') / 'run'],
                                   'notes.txt/run: cannot create'),
     'train output is a file': (lambda T, S: ['train', '--output', write(S / 'notes.txt', 'x')],

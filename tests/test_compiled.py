@@ -231,21 +231,16 @@ def two_scala_steps(run, output, *flags):
             torch.load(output / 'last.pt', weights_only=False)['model'])
 
 
-@pytest.fixture(scope='module')
-def eager_steps(run, tmp_path_factory):
-    return two_scala_steps(run, tmp_path_factory.mktemp('eager-steps') / 'run')
-
-
-@pytest.mark.parametrize('flags', [['--compile'], ['--compile', '--compile-regional']], ids=['whole', 'regional'])
-def test_compiled_training_takes_the_eager_steps(run, eager_steps, flags, tmp_path):
-    """Compiled whole or block by block, the two steps give the eager losses and the eager weights after, so the
-    same gradients. One graph a width, its blocks sharing it, and none for the eager evaluation."""
+def test_compiled_training_takes_the_eager_steps(run, tmp_path):
+    """The two steps compiled give the eager losses and the eager weights after, so the same gradients; one graph a
+    width, and none for the evaluation, which runs eager. (Block by block: tests/test_gpu_check.py.)"""
+    eager_log, eager_weights = two_scala_steps(run, tmp_path / 'eager')
     counters.clear()
-    (eager_log, eager_weights), (log, weights) = eager_steps, two_scala_steps(run, tmp_path / 'run', *flags)
+    log, weights = two_scala_steps(run, tmp_path / 'compiled', '--compile')
     assert counters['stats']['unique_graphs'] == 3
     for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
         assert log[key] == pytest.approx(eager_log[key], rel=1e-4, abs=1e-5), key
-    assert weights.keys() == eager_weights.keys()  # compiling in place renames nothing in the checkpoint
+    assert weights.keys() == eager_weights.keys()
     for name, tensor in eager_weights.items():
         torch.testing.assert_close(weights[name], tensor, atol=1e-5, rtol=1e-4, msg=name)
 

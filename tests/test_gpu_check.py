@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 ROOT = Path(__file__).parents[1]
 sys.path.insert(0, str(ROOT / 'benchmarks'))
@@ -98,27 +99,40 @@ def fashion_files(tmp_path_factory):
     for split, prefix, count in (('train', 'train', 256), ('test', 't10k', 64)):
         images, labels = read_fashion_mnist(split)
         write_idx(root / f'{prefix}-images-idx3-ubyte.gz', 2051, (count, 28, 28), images[:count].numpy().tobytes())
-        write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', 2049, (count,), labels[:count].to(torch.uint8).numpy().tobytes())
+        write_idx(root / f'{prefix}-labels-idx1-ubyte.gz', 2049, (count,),
+                  labels[:count].to(torch.uint8).numpy().tobytes())
     return root
 
 
 def test_main_job_check_runs_the_job_eager_and_compiled_and_compares_them(fashion_files, tmp_path, capsys):
+    """Here block by block (--compile-regional), which this also checks: the compiled run takes the eager run's
+    steps (losses and weights), its blocks share one graph a width, and evaluation compiles nothing."""
     variants = {'eager': {}, 'regional': dict(compile=True, compile_regional=True)}
-    detail = gpu_check.check_main_job(fashion_files, tmp_path, 'cpu', variants, scala_steps=2, granularity=0.25,
-                                      batch_size=64)
+    counters.clear()
+    detail = gpu_check.check_main_job(fashion_files, tmp_path, 'cpu', variants, scala_steps=2, smallest=0.5,
+                                      granularity=0.25, batch_size=64)
+    assert counters['stats']['unique_graphs'] == 3  # widths 0.5, 0.75 and 1
     lines = [line for line in capsys.readouterr().out.splitlines() if 'main job' in line]
     assert [line.split(':')[0].split()[-1] for line in lines] == ['eager', 'regional']
     assert all('over 2 Scala steps' in line and 'epoch-1 loss' in line for line in lines)
     assert detail.startswith('7-epoch job estimated: eager ') and '(1.00x), regional ' in detail
-    for name in ('eager', 'regional'):
-        log = [json.loads(line) for line in (tmp_path / f'main-{name}' / 'log.jsonl').read_text().splitlines()]
-        assert [row['step'] for row in log] == [4, 6]  # 256 images at 64: one epoch, then the two Scala steps
+    logs, weights = {}, {}
+    for name in variants:
+        logs[name] = [json.loads(line) for line in (tmp_path / f'main-{name}' / 'log.jsonl').read_text().splitlines()]
+        weights[name] = torch.load(tmp_path / f'main-{name}' / 'last.pt', weights_only=False)['model']
+    assert [row['step'] for row in logs['eager']] == [4, 6]  # 256 images at 64: one epoch, then two Scala steps
+    for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
+        assert logs['regional'][1][key] == pytest.approx(logs['eager'][1][key], rel=1e-4, abs=1e-5), key
+    assert weights['regional'].keys() == weights['eager'].keys()  # compiling blocks in place renames nothing
+    # atol 1e-4: softmax ignores the key bias, so its gradient is rounding noise, which AdamW scales up
+    for name, tensor in weights['eager'].items():
+        torch.testing.assert_close(weights['regional'][name], tensor, atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_the_main_job_estimate_scales_the_second_epoch_and_the_evaluations_to_seven_epochs():
     rows = [dict(time_s=30.0, images_per_s=2000.0, step=468, loss_full=1.5),
             dict(time_s=20.0, images_per_s=1280.0, step=668, loss_full=1.2, loss_smallest=1.6)]
-    trainer = SimpleNamespace(log_rows=rows, train_loader=range(468), config=SimpleNamespace(batch_size=128),
+    trainer = SimpleNamespace(log_rows=rows, train_loader=range(468), config=SimpleNamespace(batch_size=128, epochs=7),
                               _eval_widths=lambda: [0.25, 0.5, 0.75, 1.0], model=SimpleNamespace(widths=[0] * 13))
     estimate = gpu_check.main_job_estimate(trainer, setup=10.0, wall=77.0)
     # start 10 + epoch 1 30 + 6 epochs of 468 x 128 images at 1280 img/s (46.8 s) + evaluations 17 s x 37 / 17

@@ -23,7 +23,8 @@ from .train import train
 
 _HELP = {
     'method': 'scala, usnet (US-Net baseline) or separate (one ordinary model of --width)',
-    'model': 'a scala_* timm model name', 'data': "'fashion-mnist', a folder of its four *-ubyte.gz files, or an image folder with train/ and val/",
+    'model': 'a scala_* timm model name',
+    'data': "'fashion-mnist', a folder of its four *-ubyte.gz files, or an image folder with train/ and val/",
     'output': 'run directory: config.json, log.jsonl, log.csv, last.pt, best.pt',
     'max_steps': 'stop after this many optimizer steps (smoke runs)', 'batch_size': 'images per process and step',
     'teacher': 'full-width checkpoint (e.g. from --method separate --width 1.0) for hard distillation',

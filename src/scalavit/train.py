@@ -349,7 +349,7 @@ class Trainer:
         return losses
 
     @torch.no_grad()
-    @torch.compiler.set_stance('force_eager')  # --compile's graphs are for training; blocks compiled in place too
+    @torch.compiler.set_stance('force_eager')  # --compile's graphs are for training, even blocks compiled in place
     def evaluate(self, widths) -> dict:
         """Top-1 (%) of every width in ``widths``; each batch is decoded once and run through all of them."""
         model = self.model.eval()
