@@ -10,6 +10,7 @@ cache, and to load on a second start.
     python benchmarks/compile_speed.py                                    # the default model, 13 widths
     python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
     python benchmarks/compile_speed.py --train                            # the default main job, eager then compiled
+    python benchmarks/compile_speed.py --train --compile-args=--compile-regional   # ... compiled block by block
     python benchmarks/compile_speed.py --training-compile                 # compiling for training, cold then cached
                                                                           # (whole model, then --compile-regional)
 
@@ -50,20 +51,23 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def train_runs(extra: list[str]) -> None:
-    """The main job eager and compiled, one after the other: wall time and final accuracies."""
+def train_runs(extra: list[str], compile_flags: list[str]) -> None:
+    """The main job eager and compiled (``--compile`` and ``compile_flags``), one after the other: wall time and final
+    accuracies."""
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, flags in (('eager', []), ('compiled', ['--compile'])):
+        for name, flags in (('eager', []), ('compiled', ['--compile', *compile_flags])):
             env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / 'inductor'))
             start = time.perf_counter()
             subprocess.run([sys.executable, '-m', 'scalavit', 'train', '--output', str(Path(tmp) / name), *extra,
                             *flags], check=True, env=env)
             seconds = time.perf_counter() - start
-            last = json.loads((Path(tmp) / name / 'log.jsonl').read_text().splitlines()[-1])
-            results[name] = seconds, {k[len('top1@'):]: v for k, v in last.items() if k.startswith('top1@')}
+            rows = [json.loads(line) for line in (Path(tmp) / name / 'log.jsonl').read_text().splitlines()]
+            print(f"{name}: {seconds:.0f} s; training seconds of each epoch {[row['time_s'] for row in rows]}")
+            results[name] = seconds, {k[len('top1@'):]: v for k, v in rows[-1].items() if k.startswith('top1@')}
     (eager_s, eager_top1), (compiled_s, compiled_top1) = results['eager'], results['compiled']
-    print(f"\nscalavit train {' '.join(extra)}: eager {eager_s / 60:.1f} min, --compile {compiled_s / 60:.1f} min "
+    print(f"\nscalavit train {' '.join(extra)}: eager {eager_s / 60:.1f} min, "
+          f"{' '.join(['--compile', *compile_flags])} {compiled_s / 60:.1f} min "
           f"(compilation included, empty inductor cache): ratio {compiled_s / eager_s:.2f}")
     print("| width | eager top-1 | compiled top-1 |\n|---|---|---|")
     for width in eager_top1:
@@ -104,13 +108,14 @@ def main() -> None:
     parser.add_argument('--seconds', type=float, default=0.4, help='time per implementation in a round (about)')
     parser.add_argument('--train', action='store_true', help='time the main job eager and with --compile instead')
     parser.add_argument('--train-args', default='', help="options for both training runs, e.g. '--epochs 2'")
+    parser.add_argument('--compile-args', default='', help="options for the compiled run, e.g. '--compile-regional'")
     parser.add_argument('--training-compile', action='store_true',
                         help="time compiling for training instead, cold then from inductor's cache")
     args = parser.parse_args()
     if args.training_compile:
         return training_compile_times(args.model)
     if args.train:
-        return train_runs(args.train_args.split())
+        return train_runs(args.train_args.split(), args.compile_args.split())
 
     torch.manual_seed(0)
     model = timm.create_model(args.model).eval()
