@@ -246,17 +246,19 @@ def test_compiled_training_takes_the_eager_steps(run, tmp_path):
 
 
 def test_compiled_training_under_torchrun_takes_the_eager_steps(run, tmp_path):
-    """Two gloo processes, DDP inside torch.compile: the ranks stay in sync and the losses are the eager run's."""
+    """Two gloo processes, DDP inside torch.compile or around blocks compiled in place: the ranks stay in sync and the
+    losses are the eager run's."""
     data = run.parent / 'data'
     logs = {}
-    for mode in ('eager', 'compiled'):
+    for mode, flags in (('eager', []), ('compiled', ['--compile']), ('regional', ['--compile', '--compile-regional'])):
         command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m',
                    'scalavit', 'train', '--data', str(data), '--output', str(tmp_path / mode), '--smallest', '0.5',
                    '--granularity', '1/4', *FAST, '--batch-size', '4', '--epochs', '1', '--max-steps', '2',
-                   '--full-warmup-epochs', '0', '--eval-widths', '1.0', *(['--compile'] if mode == 'compiled' else [])]
+                   '--full-warmup-epochs', '0', '--eval-widths', '1.0', *flags]
         result = subprocess.run(command, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         logs[mode] = json.loads((tmp_path / mode / 'log.jsonl').read_text().splitlines()[-1])
-    assert logs['compiled']['ranks_in_sync']
-    for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
-        assert logs['compiled'][key] == pytest.approx(logs['eager'][key], rel=1e-4, abs=1e-5), key
+    for mode in ('compiled', 'regional'):
+        assert logs[mode]['ranks_in_sync'], mode
+        for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
+            assert logs[mode][key] == pytest.approx(logs['eager'][key], rel=1e-4, abs=1e-5), (mode, key)
