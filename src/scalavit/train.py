@@ -120,17 +120,35 @@ class Trainer:
         train_set, eval_set, self.classes = build_datasets(
             config.data, train_transform, eval_transform, data_config['input_size'][0])
         self.model_kwargs = model_kwargs(config, len(self.classes), probe.embed_dim)
-        self.model = timm.create_model(config.model, **self.model_kwargs)
-        if config.init and resume_checkpoint is None:
-            initialize(self.model, config.init, log=self._say)
-        if config.freeze_backbone:  # the paper's linear probe: only the classifier(s), read at every width
-            for name, parameter in self.model.named_parameters():
-                parameter.requires_grad_(name.startswith('head'))
-        self.model.to(self.device)
+        self.model = self._build_model(start_from_init=resume_checkpoint is None)
         self.teacher = load_teacher(config.teacher, self.model, self.classes, self.device) if config.teacher else None
         self.train_loader, self.eval_loader = self._loaders(train_set, eval_set)
         self.steps_per_epoch = len(self.train_loader)
 
+        self._set_up_optimization()
+        self.width_generator = torch.Generator().manual_seed(config.seed)
+        self.epoch, self.step, self.best, self.log_rows = 0, 0, -1.0, []
+        self.grad_stats = self._gradient_stats()
+        if resume_checkpoint is not None:
+            self._restore(resume_checkpoint)
+        self.cuda_graphs = config.compile and config.compile_mode == 'reduce-overhead'
+        self.train_model = self._wrap_for_training(data_config['input_size'])
+
+    # set-up
+
+    def _build_model(self, start_from_init: bool) -> SlimmableVisionTransformer:
+        config = self.config
+        model = timm.create_model(config.model, **self.model_kwargs)
+        if config.init and start_from_init:
+            initialize(model, config.init, log=self._say)
+        if config.freeze_backbone:  # the paper's linear probe: only the classifier(s), read at every width
+            for name, parameter in model.named_parameters():
+                parameter.requires_grad_(name.startswith('head'))
+        return model.to(self.device)
+
+    def _set_up_optimization(self) -> None:
+        """The optimizer, its schedule, mixed precision and Mixup/CutMix."""
+        config = self.config
         self.optimizer = create_optimizer_v2(self.model, 'adamw', lr=config.lr, weight_decay=config.weight_decay,
                                              layer_decay=config.layer_decay)
         self.scheduler, _ = create_scheduler_v2(
@@ -142,28 +160,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler('cuda', enabled=config.amp == 'fp16')
         self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
                            num_classes=len(self.classes)) if config.mixup > 0 or config.cutmix > 0 else None
-        self.width_generator = torch.Generator().manual_seed(config.seed)
-        self.epoch, self.step, self.best, self.log_rows = 0, 0, -1.0, []
-        self.grad_stats = self._gradient_stats()
-        if resume_checkpoint is not None:
-            self._restore(resume_checkpoint)
-        self.train_model = self.model
+
+    def _wrap_for_training(self, input_size: tuple[int, int, int]) -> torch.nn.Module:
+        """The model the steps run: DistributedDataParallel under torchrun, compiled with --compile."""
+        config, train_model = self.config, self.model
         if self.ddp.enabled:
             ids = [self.device.index] if self.device.type == 'cuda' else None
-            self.train_model = DistributedDataParallel(
+            train_model = DistributedDataParallel(
                 self.model, device_ids=ids, find_unused_parameters=self.model.distilled and self.teacher is None)
-        self.cuda_graphs = config.compile and config.compile_mode == 'reduce-overhead'
-        if config.compile:
-            check_can_compile(self.device)
-            if self.cuda_graphs and self.ddp.enabled:
-                raise ValueError("--compile-mode reduce-overhead runs in one process; under torchrun use "
-                                 "--compile-mode default")
-            example = torch.zeros(config.batch_size, *data_config['input_size'], device=self.device)
-            self.train_model = compile_for_training(self.train_model.train(), self.model.widths, example,
-                                                    self.autocast, self.ddp.is_main, config.compile_mode,
-                                                    config.compile_regional)
-
-    # set-up
+        if not config.compile:
+            return train_model
+        check_can_compile(self.device)
+        if self.cuda_graphs and self.ddp.enabled:
+            raise ValueError("--compile-mode reduce-overhead runs in one process; under torchrun use "
+                             "--compile-mode default")
+        example = torch.zeros(config.batch_size, *input_size, device=self.device)
+        return compile_for_training(train_model.train(), self.model.widths, example, self.autocast, self.ddp.is_main,
+                                    config.compile_mode, config.compile_regional)
 
     def _check_output_and_resume(self, resume: Optional[str]) -> Optional[dict]:
         """The checkpoint to continue from (None: start from step 0), once the output directory is known to be safe
