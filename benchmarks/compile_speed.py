@@ -11,12 +11,13 @@ cache, and to load on a second start.
     python benchmarks/compile_speed.py --model scala_vit_tiny_patch7_56 --rounds 3
     python benchmarks/compile_speed.py --train                            # the default main job, eager then compiled
     python benchmarks/compile_speed.py --train --compile-args=--compile-regional   # ... compiled block by block
+    python benchmarks/compile_speed.py --train --warm-cache               # ... on a later run: inductor's cache filled
     python benchmarks/compile_speed.py --training-compile                 # compiling for training, cold then cached
                                                                           # (whole model, then --compile-regional)
 
 ``--train`` runs ``scalavit train`` (the default main job on Fashion-MNIST, or with ``--train-args``) twice, eager
-then with ``--compile`` into an empty inductor cache, and prints the wall times with compilation and each run's
-final top-1 at every width.
+then with ``--compile`` into an empty inductor cache (``--warm-cache``: one that a compiled run of one step filled
+first), and prints the wall times with compilation and each run's final top-1 at every width.
 """
 import argparse
 import json
@@ -51,13 +52,19 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def train_runs(extra: list[str], compile_flags: list[str]) -> None:
+def train_runs(extra: list[str], compile_flags: list[str], warm_cache: bool = False) -> None:
     """The main job eager and compiled (``--compile`` and ``compile_flags``), one after the other: wall time and final
-    accuracies."""
+    accuracies. ``warm_cache``: the compiled run is a later run, whose inductor cache a one-step compiled run (not
+    timed) filled first."""
     results = {}
+    cache = 'inductor cache warm' if warm_cache else 'empty inductor cache'
     with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / 'inductor'))
+        if warm_cache:
+            subprocess.run([sys.executable, '-m', 'scalavit', 'train', '--output', str(Path(tmp) / 'warm-up'),
+                            *extra, '--compile', *compile_flags, '--max-steps', '1', '--eval-widths', '1.0'],
+                           check=True, env=env)
         for name, flags in (('eager', []), ('compiled', ['--compile', *compile_flags])):
-            env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / 'inductor'))
             start = time.perf_counter()
             subprocess.run([sys.executable, '-m', 'scalavit', 'train', '--output', str(Path(tmp) / name), *extra,
                             *flags], check=True, env=env)
@@ -68,7 +75,7 @@ def train_runs(extra: list[str], compile_flags: list[str]) -> None:
     (eager_s, eager_top1), (compiled_s, compiled_top1) = results['eager'], results['compiled']
     print(f"\nscalavit train {' '.join(extra)}: eager {eager_s / 60:.1f} min, "
           f"{' '.join(['--compile', *compile_flags])} {compiled_s / 60:.1f} min "
-          f"(compilation included, empty inductor cache): ratio {compiled_s / eager_s:.2f}")
+          f"(compilation included, {cache}): ratio {compiled_s / eager_s:.2f}")
     print("| width | eager top-1 | compiled top-1 |\n|---|---|---|")
     for width in eager_top1:
         print(f"| {width} | {eager_top1[width]:.2f} | {compiled_top1[width]:.2f} |")
@@ -109,13 +116,15 @@ def main() -> None:
     parser.add_argument('--train', action='store_true', help='time the main job eager and with --compile instead')
     parser.add_argument('--train-args', default='', help="options for both training runs, e.g. '--epochs 2'")
     parser.add_argument('--compile-args', default='', help="options for the compiled run, e.g. '--compile-regional'")
+    parser.add_argument('--warm-cache', action='store_true', help='--train: fill the inductor cache first (a compiled '
+                                                                  'run of one step, not timed), as on a later run')
     parser.add_argument('--training-compile', action='store_true',
                         help="time compiling for training instead, cold then from inductor's cache")
     args = parser.parse_args()
     if args.training_compile:
         return training_compile_times(args.model)
     if args.train:
-        return train_runs(args.train_args.split(), args.compile_args.split())
+        return train_runs(args.train_args.split(), args.compile_args.split(), args.warm_cache)
 
     torch.manual_seed(0)
     model = timm.create_model(args.model).eval()
