@@ -62,7 +62,7 @@ def train_runs(extra: list[str], compile_flags: list[str], warm_cache: bool = Fa
         env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / 'inductor'))
         if warm_cache:
             subprocess.run([sys.executable, '-m', 'scalavit', 'train', '--output', str(Path(tmp) / 'warm-up'),
-                            *extra, '--compile', *compile_flags, '--max-steps', '1', '--eval-widths', '1.0'],
+                            *extra, '--compile', *compile_flags, '--max-steps', '1'],
                            check=True, env=env)
         for name, flags in (('eager', []), ('compiled', ['--compile', *compile_flags])):
             start = time.perf_counter()
