@@ -1,82 +1,25 @@
 """`scalavit serve` as users run it: a real server in its own process on a loopback port, real HTTP requests."""
 import asyncio
 import base64
-import collections
-import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
-import torch
-from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from scalavit.checkpoint import load_model
+import serving
+from serving import Server
 from scalavit.cli import build_parser
-from scalavit.serve.app import Service, Settings, create_app
+from scalavit.serve.app import create_app
+from scalavit.serve.service import Service, Settings
 from scalavit.serve.runner import Runner
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, checkpoint, *options, env=None):
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}'
-        self.process = subprocess.Popen(
-            [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
-             '--profile-repeats', '3', '--max-batch-size', '8', *options],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-        # Read all along: a full pipe would block the server's next write (its last lines are kept for failures).
-        self.output = collections.deque(maxlen=50)
-        self.reader = threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True)
-        self.reader.start()
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.reader.join(timeout=10)
-                raise AssertionError(''.join(self.output))
-            try:
-                if httpx.get(f'{self.url}/health/ready', timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise TimeoutError('the server did not become ready')
-
-    def post(self, body: bytes, content_type='image/png', **headers):
-        return httpx.post(f'{self.url}/predict', content=body, headers={'Content-Type': content_type, **headers},
-                          timeout=30)
-
-    def burst(self, bodies, **headers):
-        """All at once, as concurrent clients."""
-        async def send():
-            async with httpx.AsyncClient(base_url=self.url, timeout=60,
-                                         limits=httpx.Limits(max_connections=len(bodies))) as client:
-                return await asyncio.gather(*(client.post('/predict', content=body, headers={
-                    'Content-Type': 'image/png', **headers}) for body in bodies))
-        return asyncio.run(send())
-
-    def stop(self):
-        """As an orchestrator stops it: SIGTERM, then SIGKILL if it has not ended within 30 s."""
-        if self.process.poll() is None:
-            self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
+@pytest.fixture(scope='module')
+def labelled_png(trained):
+    return serving.labelled_png(trained)
 
 
 @pytest.fixture(scope='module')
@@ -84,20 +27,6 @@ def server(trained):
     running = Server(trained / 'scala', '--max-body-bytes', '4096')
     yield running
     running.stop()
-
-
-@pytest.fixture(scope='module')
-def labelled_png(trained):
-    """A validation PNG that the checkpoint classifies correctly, with its class name."""
-    model, _ = load_model(str(trained / 'scala'))
-    runner_classes = model.pretrained_cfg['label_names']
-    for path in sorted((trained / 'data' / 'val').glob('*/*.png')):
-        pixels = torch.from_numpy(np.array(Image.open(path), dtype=np.float32)).reshape(1, 1, 28, 28) / 255
-        x = (pixels - model.pretrained_cfg['mean'][0]) / model.pretrained_cfg['std'][0]
-        with torch.no_grad():
-            if runner_classes[model.eval()(x).argmax()] == path.parent.name:
-                return path.read_bytes(), path.parent.name
-    pytest.fail('the trained checkpoint classifies no validation image correctly')
 
 
 def test_an_image_gets_its_class_sent_raw_as_a_form_or_as_base64(server, labelled_png):
@@ -219,5 +148,34 @@ def test_a_failing_forward_answers_500_and_the_next_request_is_served(trained, l
         failed = client.post('/predict', content=labelled_png[0], headers={'Content-Type': 'image/png'})
         assert failed.status_code == 500 and 'ZeroDivisionError' in failed.json()['error']
         service.batcher.run = real_run
+        assert client.post('/predict', content=labelled_png[0], headers={'Content-Type': 'image/png'}).json()[
+            'top5'][0]['label'] == labelled_png[1]
+
+
+def test_a_stuck_model_thread_makes_the_server_unready_and_requests_end_by_their_deadline(trained, labelled_png):
+    from fastapi.testclient import TestClient
+
+    runner = Runner(str(trained / 'scala'))
+    service = Service(runner, Settings(profile_repeats=2, max_batch_size=2, stall_s=0.5), runner.accuracies(None))
+    release = threading.Event()
+    with TestClient(create_app(service)) as client:
+        while client.get('/health/ready').status_code != 200:
+            time.sleep(0.05)
+        real_run = service.batcher.run
+        service.batcher.run = lambda images, width: release.wait(30) and real_run(images, width)
+        start = time.monotonic()
+        stuck = client.post('/predict', content=labelled_png[0], headers={'Content-Type': 'image/png',
+                                                                          'X-SLO-Ms': '200'})
+        waited = time.monotonic() - start
+        assert stuck.status_code == 503 and 'did not answer within' in stuck.json()['error']
+        assert waited < 0.2 + service.stall_s + 5  # by its deadline and the stall limit, not forever
+        ready = client.get('/health/ready')
+        assert ready.status_code == 503 and 'model thread' in ready.json()['error']
+        assert client.get('/v2/health/ready').status_code == 503
+        assert client.get('/health/live').status_code == 200
+        release.set()
+        service.batcher.run = real_run
+        while client.get('/health/ready').status_code != 200:
+            time.sleep(0.05)
         assert client.post('/predict', content=labelled_png[0], headers={'Content-Type': 'image/png'}).json()[
             'top5'][0]['label'] == labelled_png[1]

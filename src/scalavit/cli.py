@@ -201,15 +201,18 @@ def _pick(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import logging
 
-    import uvicorn
-
-    from .serve.app import Service, Settings, create_app
+    from .serve.app import create_app
     from .serve.runner import Runner
+    from .serve.server import Limits, serve
+    from .serve.service import Service, Settings
 
     if args.threads:
         torch.set_num_threads(args.threads)
     settings = Settings(args.slo_ms, args.policy, args.max_batch_size, args.max_queue, args.max_body_bytes,
-                        args.profile_repeats)
+                        args.profile_repeats, args.max_pixels, args.decode_threads,
+                        served_model_name=args.served_model_name)
+    limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive_timeout, args.max_header_bytes,
+                    args.max_headers, args.max_connections, args.drain_timeout)
     if args.compile and args.onnxruntime:
         raise ValueError("--compile and --onnxruntime are two backends; choose one")
     backend = 'compiled' if args.compile else 'onnxruntime' if args.onnxruntime else 'eager'
@@ -219,9 +222,7 @@ def _serve(args: argparse.Namespace) -> None:
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
           f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
           f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
-    config = uvicorn.Config(create_app(service), host=args.host, port=args.port, log_level='warning',
-                            access_log=False, limit_concurrency=args.max_queue + 2 * args.max_batch_size + 32)
-    uvicorn.Server(config).run()
+    serve(create_app(service, limits.drain_timeout_s), args.host, args.port, limits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,6 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--max-batch-size', type=int, default=32, help='profiled batch sizes: 1, 2, 4, ... this')
     serve.add_argument('--max-queue', type=int, default=256, help='requests waiting at most; 503 beyond')
     serve.add_argument('--max-body-bytes', type=int, default=10 * 2 ** 20, help='413 beyond')
+    serve.add_argument('--max-pixels', type=int, default=25_000_000,
+                       help="413 for an image with more pixels, from its header, before it is decoded")
+    serve.add_argument('--decode-threads', type=int, default=0,
+                       help='threads decoding and preprocessing images (default 0: one per core)')
+    serve.add_argument('--served-model-name', default='scalavit',
+                       help="the model's name in the Open Inference Protocol (/v2/models/NAME/infer)")
+    limits = serve.add_argument_group('connection limits (each phase of a request is bounded)')
+    limits.add_argument('--header-timeout', type=float, default=10.0,
+                        help="seconds for a request's line and headers to arrive (408, or the idle connection "
+                             "closed)")
+    limits.add_argument('--body-timeout', type=float, default=30.0, help="seconds for a request's body (408)")
+    limits.add_argument('--keep-alive-timeout', type=float, default=5.0,
+                        help='seconds an idle connection stays open between requests')
+    limits.add_argument('--max-header-bytes', type=int, default=32 * 1024, help="431 for a larger request head")
+    limits.add_argument('--max-headers', type=int, default=100, help='431 for more header fields')
+    limits.add_argument('--max-connections', type=int, default=512,
+                        help='open connections at most; beyond, the one idle the longest is closed')
+    limits.add_argument('--drain-timeout', type=float, default=10.0,
+                        help='on SIGTERM: seconds for the requests in flight, then as many for the queue')
     serve.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     serve.add_argument('--threads', type=int, help='torch threads for the forward (default: torch\'s)')
     serve.add_argument('--profile-repeats', type=int, default=30, help='timed calls per (width, batch size)')

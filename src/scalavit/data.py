@@ -11,6 +11,8 @@ from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
 
+from .images import to_mode
+
 FASHION_MNIST_ROOT = Path('/usr/share/datasets/fashion-mnist')
 _FASHION_MNIST_FILES = {'train': 'train', 'test': 't10k'}
 
@@ -114,7 +116,8 @@ def image_folder(root: Path, transform: Callable, in_chans: int) -> ImageFolder:
 def _load_image(path: str, mode: str) -> Image.Image:
     with open(path, 'rb') as f:
         image = Image.open(f)
-        return image.convert(mode)
+        image.load()
+        return to_mode(image, mode)  # as the server converts: 16-bit and float images scaled, not clipped
 
 
 def _has_image_header(path: str) -> bool:

@@ -8,6 +8,7 @@ cheapest width could not answer them in time (``Refused``), so the backlog never
 import collections
 import heapq
 import itertools
+import logging
 import math
 import threading
 import time
@@ -17,10 +18,13 @@ from typing import Any, Callable, Optional
 
 from .policy import Choice, Policy, Profile, could_finish_in_time
 
+log = logging.getLogger('scalavit.serve')
 
 RATE_WINDOW_S = 0.5  # the arrival rate the controller plans for: requests offered over this last stretch
 SLOWDOWN_SMOOTHING = 0.1  # weight of the latest batch in the moving average of observed / profiled latency
 HALF_LIFE_S = 1.0  # what load taught the controller fades with this half-life once nothing renews it
+OVERHEAD_WINDOW_S = 2.0  # the answers whose time outside the queue and the forward sets the reserve
+HEARTBEAT_S = 0.5  # an idle model thread still shows it is alive this often
 
 
 class Fading:
@@ -37,6 +41,28 @@ class Fading:
 
     def set(self, value: float) -> None:
         self._value, self._at = value, self.clock()
+
+
+class RecentPeak:
+    """The 90th percentile of the values noted over the last ``window_s`` seconds, as if at least ten had been
+    noted (the missing ones free): it follows what most recent answers cost, while one outlier (a stalled event
+    loop, a garbage collection) never decides it, and it is back to zero once nothing renews it."""
+
+    def __init__(self, clock: Callable[[], float], window_s: float = OVERHEAD_WINDOW_S, at_least: int = 10):
+        self.clock, self.window_s, self.at_least = clock, window_s, at_least
+        self._values: collections.deque[tuple[float, float]] = collections.deque(maxlen=1000)
+
+    def note(self, value: float) -> None:
+        self._values.append((self.clock(), value))
+
+    def __call__(self) -> float:
+        since = self.clock() - self.window_s
+        while self._values and self._values[0][0] < since:
+            self._values.popleft()
+        values = sorted(value for _, value in self._values)
+        count = max(len(values), self.at_least)
+        rank = math.ceil(0.9 * count) - (count - len(values))  # in ``values``, past the free ones
+        return max(0.0, values[rank - 1]) if rank >= 1 else 0.0
 
 
 class Refused(Exception):
@@ -92,9 +118,10 @@ class Batcher:
         self.queue: list[Request] = []
         self.busy_until = 0.0
         # How much slower than profiled the forwards run now (the CPU is shared with the HTTP side), and the time an
-        # answer spends outside the queue and the forward (HTTP, decoding), kept free of planned work.
-        self.slowdown, self.reserve_s = Fading(1.0, clock), Fading(0.0, clock)
+        # answer spends after its forward (waking its handler, HTTP), kept free of planned work.
+        self.slowdown, self.reserve_s = Fading(1.0, clock), RecentPeak(clock)
         self.closed = False
+        self.heartbeat = clock()
         self._arrivals: collections.deque[float] = collections.deque()
         self._sequence = itertools.count()
         self._condition = threading.Condition()
@@ -104,13 +131,15 @@ class Batcher:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Refuse new requests, answer every queued one, and end the model thread."""
+    def stop(self, timeout_s: Optional[float] = None) -> bool:
+        """Refuse new requests, answer every queued one, and end the model thread; False if it had not ended
+        within ``timeout_s``."""
         with self._condition:
             self.closed = True
             self._condition.notify()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout_s)
+        return not self._thread.is_alive()
 
     def __len__(self) -> int:
         return len(self.queue)
@@ -122,6 +151,8 @@ class Batcher:
             self.arrival_rate(now)  # forgets what is older than the window, so the record stays bounded
             if self.closed:
                 raise Refused('the server is shutting down', retry_after_s=1.0)
+            if self._thread.ident is not None and not self._thread.is_alive():
+                raise Refused('the model thread has stopped; the server is not ready', retry_after_s=1.0)
             if len(self.queue) >= self.max_queue:
                 raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time())
             request = Request(now + slo_s, next(self._sequence), item, width, now)
@@ -180,40 +211,73 @@ class Batcher:
         return None if batch_size is None else Choice(head.width, batch_size)
 
     def _serve(self) -> None:
-        while True:
-            with self._condition:
-                while not self.queue and not self.closed:
-                    self._condition.wait()
-                if not self.queue:
-                    return
-                now = self.clock()
+        """The model thread, until stopped with nothing queued. A fault anywhere (the policy, the forward, the
+        profile's update, a callback) fails the requests it concerns, never the thread."""
+        while (planned := self._next_round()) is not None:
+            batch, dropped = planned
+            try:
+                self._answer(batch, dropped)
+            except Exception as error:
+                log.error("the model thread failed after a batch (%s: %s); it goes on", type(error).__name__, error)
+                self._fail(batch.requests if batch else [], error)
+
+    def _next_round(self) -> Optional[tuple[Optional[Batch], list[Request]]]:
+        """Waits for requests and takes the next batch off the queue; None once stopped and drained."""
+        with self._condition:
+            while not self.queue and not self.closed:
+                self.heartbeat = self.clock()
+                self._condition.wait(HEARTBEAT_S)
+            if not self.queue:
+                return None
+            self.heartbeat = now = self.clock()
+            try:
                 batch, dropped = self.plan(now)
-                if batch is not None:
-                    self.busy_until = now + self.slowdown() * self.profile.p95(batch.width, len(batch.requests))
-            for request in dropped:
-                if request.future.set_running_or_notify_cancel():
-                    request.future.set_exception(Missed('no width could answer before the deadline'))
+            except Exception as error:  # the request it was planning for fails; the next round plans the others
+                log.error("planning failed (%s: %s); the earliest request is answered 500", type(error).__name__,
+                          error)
+                self._fail([heapq.heappop(self.queue)], error)
+                return None, []
             if batch is not None:
-                batch.requests = [r for r in batch.requests if r.future.set_running_or_notify_cancel()]
-                if batch.requests:
-                    self._run(batch)
+                self.busy_until = now + self.slowdown() * self.profile.p95(batch.width, len(batch.requests))
+            return batch, dropped
+
+    def _answer(self, batch: Optional[Batch], dropped: list[Request]) -> None:
+        for request in dropped:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(Missed('no width could answer before the deadline'))
+        if batch is not None:
+            batch.requests = [r for r in batch.requests if r.future.set_running_or_notify_cancel()]
+            if batch.requests:
+                self._run(batch)
 
     def _run(self, batch: Batch) -> None:
         start = self.clock()
         try:
-            outputs = self.run([r.item for r in batch.requests], batch.width)
+            outputs = list(self.run([r.item for r in batch.requests], batch.width))
+            if len(outputs) != len(batch.requests):
+                raise RuntimeError(f"the model answered {len(outputs)} of the batch's {len(batch.requests)} inputs")
         except Exception as error:  # a failed forward answers its own requests, never the server
-            for request in batch.requests:
-                request.future.set_exception(BatchFailed(f'{type(error).__name__}: {error}'))
+            self._fail(batch.requests, error)
             return
         end = self.clock()
-        self._observe(batch, end - start)
         for request, output in zip(batch.requests, outputs):
             request.future.set_result(Answer(output, batch.width, len(batch.requests), start - request.arrival,
                                              end - start))
+        self._observe(batch, end - start)
         if self.on_batch is not None:
             self.on_batch(batch, end - start)
 
+    @staticmethod
+    def _fail(requests: list[Request], error: Exception) -> None:
+        for request in requests:
+            if not request.future.done():
+                if request.future.running() or request.future.set_running_or_notify_cancel():
+                    request.future.set_exception(BatchFailed(f'{type(error).__name__}: {error}'))
+
+    def healthy(self, stall_s: float) -> bool:
+        """Whether the model thread runs and has shown it within ``stall_s``: waiting, planning, or in a forward
+        that has not taken longer than that."""
+        return self._thread.is_alive() and self.clock() - self.heartbeat <= stall_s
 
     def _observe(self, batch: Batch, seconds: float) -> None:
         """Track how much slower than their profile the forwards run now (a moving average of the ratio, never
@@ -222,9 +286,9 @@ class Batcher:
         self.slowdown.set(max(1.0, (1 - SLOWDOWN_SMOOTHING) * self.slowdown() + SLOWDOWN_SMOOTHING * ratio))
 
     def note_overhead(self, seconds: float) -> None:
-        """What one answer spent outside the queue and the forward; the reserve follows its recent peaks (fading
-        with time), so that answers planned to the edge of their slack still arrive in time."""
-        self.reserve_s.set(max(seconds, self.reserve_s()))
+        """What one answer spent between its forward and leaving the server; the reserve follows what most recent
+        answers spent, so that answers planned to the edge of their slack still arrive in time."""
+        self.reserve_s.note(seconds)
 
 
 def retry_after_header(seconds: float) -> str:

@@ -2,14 +2,12 @@
 width of the grid (the width is the forward's argument: no module state changes, no copies), and the latency
 profile of every (width, batch size) measured here."""
 import importlib.util
-import io
 import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from timm.data import resolve_data_config
 
 from ..checkpoint import load_model
@@ -17,12 +15,9 @@ from ..compiled import CompiledWidths, check_can_compile, compile_widths
 from ..data import build_transform
 from ..evaluate import time_call
 from ..export import export_width
+from ..images import decode
 from ..model import SlimmableVisionTransformer, check_device
 from ..pick import saved_report
-
-
-class BadImage(ValueError):
-    """The request's body is not a whole image that PIL can read."""
 
 
 class OnnxRuntimeWidths:
@@ -96,14 +91,9 @@ class Runner:
             self._onnx_folder.cleanup()
         self.forward = self.model
 
-    def preprocess(self, body: bytes) -> torch.Tensor:
-        """Any image PIL reads, as the model's input: its size, channels, mean and std (timm's eval transform)."""
-        try:
-            with Image.open(io.BytesIO(body)) as image:
-                image.load()  # decodes now: a truncated file fails here, not later in the batch
-                return self.transform(image.convert(self.mode))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise BadImage(f"the body is not a readable image ({type(error).__name__}: {error})") from None
+    def preprocess(self, data: bytes, max_pixels: Optional[int] = None) -> torch.Tensor:
+        """An image file as the model's input: its size, channels, mean and std (timm's eval transform)."""
+        return self.transform(decode(data, self.mode, max_pixels))
 
     @torch.inference_mode()
     def run(self, images: list[torch.Tensor], width: float) -> list[list[tuple[str, float]]]:

@@ -1,0 +1,48 @@
+"""The server's Prometheus metrics (``/metrics``): what was answered, how fast, at which width, what was refused."""
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (.001, .002, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1, 2, 5)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, widths):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter('scalavit_requests', 'Inference requests answered, by HTTP status', ['status'],
+                                registry=r)
+        self.latency = Histogram('scalavit_request_latency_seconds', 'Image ready to answer, answered requests',
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.decode_time = Histogram('scalavit_decode_seconds', 'Decoding and preprocessing an image',
+                                     buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram('scalavit_queue_seconds', 'Image ready to the start of its batch',
+                                    buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram('scalavit_batch_size', 'Requests per forward',
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.width = Histogram('scalavit_width', 'Width that answered each request', buckets=sorted(widths),
+                               registry=r)
+        self.slo_misses = Counter('scalavit_slo_misses', 'Requests not answered within their deadline (refusals, '
+                                  'drops and late answers)', registry=r)
+        self.refusals = Counter('scalavit_refusals', 'Requests refused or dropped with 503', ['reason'], registry=r)
+        self.queue_length = Gauge('scalavit_queue_length', 'Requests waiting for the model', registry=r)
+        self.in_progress = Gauge('scalavit_requests_in_progress', 'Inference requests being read, decoded, queued '
+                                 'or computed', registry=r)
+
+    def on_batch(self, batch, compute_s: float) -> None:
+        self.batch_size.observe(len(batch.requests))
+
+    def observe_answer(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
+        self.latency.observe(latency_s)
+        self.queue_time.observe(queue_s)
+        self.width.observe(width)
+        if missed:
+            self.slo_misses.inc()
+
+    def refused(self, reason: str) -> None:
+        self.refusals.labels(reason).inc()
+        self.slo_misses.inc()
+
+    def exposition(self, queue_length: int, in_progress: int) -> bytes:
+        self.queue_length.set(queue_length)
+        self.in_progress.set(in_progress)
+        return generate_latest(self.registry)

@@ -1,0 +1,253 @@
+"""One inference request, whatever protocol carried it: admitted within a bound, decoded off the event loop, given its
+deadline once its image is ready, queued for the model thread, and awaited with a deadline of its own.
+
+``Service`` holds the runner, its latency profile and the batcher, made ready in the background so that liveness
+answers at once; the HTTP routes (``app``, ``v2``) only parse and format.
+"""
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional
+
+from PIL import Image
+
+from ..images import BadImage, ImageTooLarge, UnsupportedImage
+from .batcher import Answer, Batcher, BatchFailed, Missed, Refused, retry_after_header
+from .metrics import Metrics
+from .policy import Profile, parse_policy
+
+log = logging.getLogger('scalavit.serve')
+
+MAX_SLO_MS = 60_000.0  # a deadline further off than a minute is no deadline; it would also hold the request that long
+
+
+@dataclass
+class Settings:
+    slo_ms: float = 100.0
+    policy: str = 'slackfit'
+    max_batch_size: int = 32
+    max_queue: int = 256
+    max_body_bytes: int = 10 * 2 ** 20
+    profile_repeats: int = 30
+    max_pixels: int = 25_000_000
+    decode_threads: int = 0  # 0: one per core this process may use
+    stall_s: float = 10.0  # the model thread not seen for this long (beyond its slowest forward) is not ready
+    served_model_name: str = 'scalavit'  # the model's name in the Open Inference Protocol
+
+    def __post_init__(self):
+        for name in ('slo_ms', 'max_batch_size', 'max_queue', 'max_body_bytes', 'profile_repeats', 'max_pixels',
+                     'stall_s'):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if not self.slo_ms <= MAX_SLO_MS:
+            raise ValueError(f"--slo-ms must be at most {MAX_SLO_MS:g}, got {self.slo_ms:g}")
+        if not self.served_model_name.replace('-', '').replace('_', '').replace('.', '').isalnum():
+            raise ValueError(f"--served-model-name {self.served_model_name!r}: use letters, digits, '-', '_' and '.'")
+        if self.decode_threads < 0:
+            raise ValueError(f"--decode-threads must be 0 (one per core) or more, got {self.decode_threads}")
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        """1, 2, 4, ... up to --max-batch-size (which is always one of them)."""
+        return sorted({2 ** i for i in range(self.max_batch_size.bit_length())} | {self.max_batch_size})
+
+    @property
+    def max_in_progress(self) -> int:
+        """Inference requests held at once, from their first byte to their answer: the queue, a batch in the
+        forward, and as many again being read or decoded. Beyond it a request is refused before its body is read."""
+        return 2 * (self.max_queue + self.max_batch_size)
+
+
+class Problem(Exception):
+    """A request answered with an error: its HTTP status, one line saying what to do, and when to retry."""
+
+    def __init__(self, status: int, message: str, retry_after_s: Optional[float] = None):
+        super().__init__(message)
+        self.status, self.retry_after_s = status, retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {'Retry-After': retry_after_header(self.retry_after_s)}
+
+
+@dataclass
+class Served:
+    output: Any  # the runner's top-k (label, probability) pairs
+    width: float
+    batch_size: int
+    decode_s: float
+    queue_s: float
+    compute_s: float
+    slo_s: float
+
+
+async def read_body(request, limit: int) -> bytes:
+    """The body of a Starlette request, refused with 413 as soon as it passes ``limit`` bytes (whatever
+    Content-Length claims)."""
+    declared = request.headers.get('content-length', '')
+    if declared.isdigit() and int(declared) > limit:
+        raise Problem(413, f"the body has {declared} bytes, over the limit of {limit} (--max-body-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(413, f"the body is over the limit of {limit} bytes (--max-body-bytes)")
+        chunks.append(chunk)
+    return b''.join(chunks)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+class Service:
+    def __init__(self, runner, settings: Settings, accuracy: dict[float, float], metrics: Optional[Metrics] = None):
+        self.runner, self.settings, self.accuracy = runner, settings, accuracy
+        self.metrics = metrics or Metrics(runner.widths)
+        self.policy = parse_policy(settings.policy, list(runner.widths))
+        self.batcher: Optional[Batcher] = None
+        self.profile: Optional[Profile] = None
+        self.error: Optional[str] = None
+        self.in_progress = 0
+        self.decoder = ThreadPoolExecutor(settings.decode_threads or usable_cores(), 'scalavit-decode')
+        # The server enforces its own --max-pixels; Pillow's warning about larger images would only repeat it.
+        Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS or 0, settings.max_pixels)
+        warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+
+    # Readiness
+
+    def start(self) -> None:
+        """Prepares in the background: liveness answers at once, readiness once the profile is measured."""
+        threading.Thread(target=self.prepare, name='scalavit-profile', daemon=True).start()
+
+    def prepare(self) -> None:
+        try:
+            start = time.perf_counter()
+            self.runner.prepare()
+            self.profile = Profile(self.runner.measure_latency(self.settings.batch_sizes,
+                                                               self.settings.profile_repeats), self.accuracy)
+            self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
+                                   on_batch=self.metrics.on_batch).start()
+            log.info("ready: %d widths (%s) x %d batch sizes prepared and profiled in %.1f s",
+                     len(self.profile.widths), self.runner.backend, len(self.profile.batch_sizes),
+                     time.perf_counter() - start)
+        except Exception as error:  # reported by /health/ready; the process stays up to say why
+            self.error = f"{type(error).__name__}: {error}"
+            log.error("not ready: %s", self.error)
+
+    @property
+    def stall_s(self) -> float:
+        """How long the model thread may go unseen: --stall-s beyond four times the slowest profiled forward."""
+        return self.settings.stall_s + 4 * max(self.profile.latency.values())
+
+    def not_ready(self) -> Optional[str]:
+        """Why this server cannot answer now, or None when its model thread is alive and was seen recently."""
+        if self.error:
+            return self.error
+        if self.batcher is None:
+            return 'profiling the widths on this device'
+        if not self.batcher.healthy(self.stall_s):
+            return f'the model thread has stopped or not been seen for {self.stall_s:.1f} s'
+        return None
+
+    def close(self, timeout_s: Optional[float] = None) -> None:
+        """Answers what is queued (within ``timeout_s``), then unloads the model's compiled or exported widths."""
+        if self.batcher is not None and not self.batcher.stop(timeout_s):
+            log.error("the model thread had not answered the queue within %g s; exiting without it", timeout_s)
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        self.runner.close()
+
+    # One request
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Holds one of the places of requests in progress, or refuses with 503 at once (before the body is read)."""
+        if self.not_ready() is not None:
+            raise Problem(503, f"not ready: {self.not_ready()}", 1.0)
+        if self.in_progress >= self.settings.max_in_progress:
+            self.metrics.refused('in_progress')
+            raise Problem(503, f"overloaded: {self.in_progress} requests in progress; try again shortly", 1.0)
+        self.in_progress += 1
+        try:
+            yield
+        finally:
+            self.in_progress -= 1
+
+    def slo_s(self, milliseconds: Optional[str | float], source: str = 'X-SLO-Ms') -> float:
+        """A request's SLO in seconds from its header or parameter ``source`` (None: --slo-ms)."""
+        if milliseconds is None:
+            return self.settings.slo_ms / 1e3
+        try:
+            value = float(milliseconds)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0 < value <= MAX_SLO_MS:
+            raise Problem(400, f"{source} must be a positive number of milliseconds, at most {MAX_SLO_MS:g}; got "
+                               f"{str(milliseconds)[:40]!r}")
+        return value / 1e3
+
+    def width(self, value: Optional[str | float], source: str = 'X-Width') -> Optional[float]:
+        """A pinned width from a header or parameter ``source`` (None: the policy chooses), on the grid."""
+        if value is None:
+            return None
+        try:
+            return self.runner.model.grid.snap(float(value))
+        except (TypeError, ValueError):
+            raise Problem(400, f"{source} {str(value)[:40]!r} is not on the grid; valid widths: "
+                               f"{', '.join(f'{w:g}' for w in self.runner.widths)}") from None
+
+    async def infer(self, prepare: Callable[[], Any], slo_s: float, width: Optional[float]) -> Served:
+        """``prepare()`` (run in the decoding pool) makes the model's input; its deadline is ``slo_s`` from then."""
+        start = time.monotonic()
+        try:
+            item = await asyncio.get_running_loop().run_in_executor(self.decoder, prepare)
+        except ImageTooLarge as error:
+            raise Problem(413, str(error)) from None
+        except UnsupportedImage as error:
+            raise Problem(415, str(error)) from None
+        except BadImage as error:
+            raise Problem(400, str(error)) from None
+        ready = time.monotonic()
+        self.metrics.decode_time.observe(ready - start)
+        answer = await self._answer(item, slo_s, width)
+        elapsed = time.monotonic() - ready
+        self.batcher.note_overhead(elapsed - answer.queue_s - answer.compute_s)
+        self.metrics.observe_answer(elapsed, answer.queue_s, answer.width, missed=elapsed > slo_s)
+        return Served(answer.output, answer.width, answer.batch_size, ready - start, answer.queue_s,
+                      answer.compute_s, slo_s)
+
+    async def _answer(self, item: Any, slo_s: float, width: Optional[float]) -> Answer:
+        try:
+            future = self.batcher.submit(item, slo_s, width)
+        except Refused as refused:
+            self.metrics.refused('refused')
+            raise Problem(503, f"overloaded: {refused}", refused.retry_after_s) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), slo_s + self.stall_s)
+        except Missed as missed:
+            self.metrics.refused('missed')
+            raise Problem(503, f"overloaded: {missed}", 1.0) from None
+        except BatchFailed as failed:
+            log.error("a batch failed: %s", failed)
+            raise Problem(500, f"the model failed on this request's batch ({failed})") from None
+        except asyncio.TimeoutError:
+            log.error("the model thread did not answer a request within %.1f s", slo_s + self.stall_s)
+            raise Problem(503, f"the model did not answer within {slo_s + self.stall_s:.1f} s; this server is not "
+                               "ready (see /health/ready)", 1.0) from None
+
+    def widths_json(self) -> dict:
+        profile = self.profile
+        return dict(
+            policy=self.policy.name, backend=self.runner.backend, slo_ms=self.settings.slo_ms,
+            widths=list(self.runner.widths),
+            batch_sizes=profile.batch_sizes,
+            profile=[dict(width=w, top1=profile.accuracy[w],
+                          p95_ms={str(b): round(1e3 * profile.latency[(w, b)], 4) for b in profile.batch_sizes})
+                     for w in profile.widths])

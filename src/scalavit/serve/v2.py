@@ -1,0 +1,233 @@
+"""The Open Inference Protocol (KServe v2, as Triton, KServe, MLServer and Seldon speak it) over the same service as
+``/predict``, with the binary tensor data extension.
+
+One model, named by ``--served-model-name``. Inputs: ``image`` (BYTES, shape [N]: encoded image files; in JSON each
+as a base64 string) or ``pixel_values`` (FP32, shape [N, C, H, W]: already preprocessed as the model expects).
+Outputs: ``labels`` (BYTES, [N, k]) and ``probabilities`` (FP32, [N, k]), the top k. Request parameters ``width``
+(pin a grid width) and ``slo_ms``; response parameters ``width`` (the narrowest that answered an image of the
+request), ``batch_size`` (the largest batch one of them was answered in) and the times in milliseconds.
+"""
+import asyncio
+import base64
+import binascii
+import json
+import struct
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from .. import __version__
+from .service import Problem, Served, Service, read_body
+
+IMAGE, PIXELS = 'image', 'pixel_values'
+LABELS, PROBABILITIES = 'labels', 'probabilities'
+HEADER_LENGTH = 'inference-header-content-length'
+
+
+def v2_router(service: Service) -> APIRouter:
+    router = APIRouter(prefix='/v2')
+    name = service.settings.served_model_name
+    model_paths = ('/models/{model}', '/models/{model}/versions/{version}')
+
+    def problem(status: int, message: str) -> JSONResponse:
+        return JSONResponse({'error': message}, status_code=status)
+
+    def unknown(model: str, version: Optional[str]) -> Optional[JSONResponse]:
+        if model != name:
+            return problem(404, f"no model named {model!r}; this server serves {name!r}")
+        if version not in (None, '1'):
+            return problem(404, f"model {name!r} has only version 1, not {version!r}")
+        return None
+
+    @router.get('')
+    async def server_metadata():
+        return {'name': 'scalavit', 'version': __version__, 'extensions': ['binary_tensor_data']}
+
+    @router.get('/health/live')
+    async def live():
+        return Response(status_code=200)
+
+    @router.get('/health/ready')
+    async def ready():
+        return Response(status_code=200 if service.not_ready() is None else 503)
+
+    async def model_metadata(model: str, version: Optional[str] = None):
+        if (missing := unknown(model, version)) is not None:
+            return missing
+        runner, k = service.runner, service.runner.top_k
+        return {'name': name, 'versions': ['1'], 'platform': 'pytorch_scalavit',
+                'inputs': [{'name': IMAGE, 'datatype': 'BYTES', 'shape': [-1]},
+                           {'name': PIXELS, 'datatype': 'FP32', 'shape': [-1, *runner.input_size]}],
+                'outputs': [{'name': LABELS, 'datatype': 'BYTES', 'shape': [-1, k]},
+                            {'name': PROBABILITIES, 'datatype': 'FP32', 'shape': [-1, k]}],
+                'parameters': {'widths': ','.join(f'{w:g}' for w in runner.widths)}}
+
+    async def model_ready(model: str, version: Optional[str] = None):
+        if (missing := unknown(model, version)) is not None:
+            return missing
+        return Response(status_code=200 if service.not_ready() is None else 503)
+
+    async def infer(request: Request, model: str, version: Optional[str] = None):
+        if (missing := unknown(model, version)) is not None:
+            return missing
+        try:
+            with service.admitted():
+                response = await answer(request)
+        except Problem as failed:
+            response = JSONResponse({'error': str(failed)}, status_code=failed.status, headers=failed.headers)
+        service.metrics.requests.labels(str(response.status_code)).inc()
+        return response
+
+    for path in model_paths:
+        router.add_api_route(path, model_metadata, methods=['GET'])
+        router.add_api_route(path + '/ready', model_ready, methods=['GET'])
+        router.add_api_route(path + '/infer', infer, methods=['POST'])
+
+    async def answer(request: Request) -> Response:
+        body = await read_body(request, service.settings.max_body_bytes)
+        header_length = request.headers.get(HEADER_LENGTH)
+        loop = asyncio.get_running_loop()
+        inference = await loop.run_in_executor(service.decoder, parse_request, body, header_length)
+        parameters = inference.get('parameters') or {}
+        slo_s = service.slo_s(parameters.get('slo_ms'), 'the parameter slo_ms')
+        width = service.width(parameters.get('width'), 'the parameter width')
+        items = inputs(inference, service)
+        if len(items) > service.settings.max_batch_size:
+            raise Problem(400, f"a request holds at most {service.settings.max_batch_size} images "
+                               f"(--max-batch-size), this one {len(items)}")
+        served = await asyncio.gather(*(service.infer(item, slo_s, width) for item in items))
+        return respond(inference, name, served, service.runner.top_k)
+
+    return router
+
+
+def parse_request(body: bytes, header_length: Optional[str]) -> dict:
+    """The inference request's JSON, with each binary input's bytes put under its ``raw`` key."""
+    if header_length is None:
+        size = len(body)
+    elif header_length.isdigit() and int(header_length) <= len(body):
+        size = int(header_length)
+    else:
+        raise Problem(400, f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the "
+                           f"body's {len(body)} bytes")
+    try:
+        inference = json.loads(body[:size])
+    except (ValueError, RecursionError):
+        raise Problem(400, 'the inference request is not valid JSON') from None
+    if not isinstance(inference, dict) or not isinstance(inference.get('inputs'), list) or not inference['inputs']:
+        raise Problem(400, 'the inference request needs "inputs": a list of one input, "image" or "pixel_values"')
+    offset = size
+    for tensor in inference['inputs']:
+        if not isinstance(tensor, dict):
+            raise Problem(400, 'each input must be an object with name, datatype, shape and data')
+        binary_size = (tensor.get('parameters') or {}).get('binary_data_size')
+        if binary_size is not None:
+            if not isinstance(binary_size, int) or binary_size < 0 or offset + binary_size > len(body):
+                raise Problem(400, f"input {str(tensor.get('name'))[:40]!r}: binary_data_size {binary_size!r} "
+                                   f"runs past the body's {len(body)} bytes")
+            tensor['raw'] = body[offset:offset + binary_size]
+            offset += binary_size
+    if not isinstance(inference.get('parameters') or {}, dict):
+        raise Problem(400, 'the request\'s "parameters" must be an object')
+    for wanted in inference.get('outputs') or []:
+        if not isinstance(wanted, dict) or wanted.get('name') not in (LABELS, PROBABILITIES):
+            raise Problem(400, f"unknown output {str(wanted)[:40]}; the outputs are {LABELS!r} and "
+                               f"{PROBABILITIES!r}")
+    return inference
+
+
+def inputs(inference: dict, service: Service) -> list:
+    """One ``prepare`` callable per image, for the service's decoding pool."""
+    if len(inference['inputs']) != 1:
+        raise Problem(400, f"give one input, {IMAGE!r} (BYTES) or {PIXELS!r} (FP32); got {len(inference['inputs'])}")
+    tensor = inference['inputs'][0]
+    kind, datatype, shape = tensor.get('name'), tensor.get('datatype'), tensor.get('shape')
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n >= 0 for n in shape)):
+        raise Problem(400, f"input {str(kind)[:40]!r}: shape must be a list of sizes, got {str(shape)[:60]}")
+    if kind == IMAGE and datatype == 'BYTES' and len(shape) == 1:
+        files = bytes_elements(tensor, shape[0])
+        return [lambda data=data: service.runner.preprocess(data, service.settings.max_pixels) for data in files]
+    expected = list(service.runner.input_size)
+    if kind == PIXELS and datatype == 'FP32' and len(shape) == 4 and shape[1:] == expected:
+        pixels = fp32_elements(tensor, shape)
+        return [lambda image=image: torch.from_numpy(image.copy()) for image in pixels]
+    raise Problem(400, f"input {str(kind)[:40]!r} of {str(datatype)[:10]} {str(shape)[:60]}: give {IMAGE!r} as "
+                       f"BYTES [N] (encoded image files) or {PIXELS!r} as FP32 [N, {', '.join(map(str, expected))}]")
+
+
+def bytes_elements(tensor: dict, count: int) -> list[bytes]:
+    if 'raw' in tensor:  # the binary extension: each element a 4-byte little-endian length, then its bytes
+        raw, elements, offset = tensor['raw'], [], 0
+        while offset < len(raw):
+            if offset + 4 > len(raw) or offset + 4 + struct.unpack_from('<I', raw, offset)[0] > len(raw):
+                raise Problem(400, f"input {IMAGE!r}: the binary BYTES data is truncated")
+            length = struct.unpack_from('<I', raw, offset)[0]
+            elements.append(raw[offset + 4:offset + 4 + length])
+            offset += 4 + length
+    else:  # JSON: each element a base64 string (JSON strings cannot hold an image file's bytes)
+        data = tensor.get('data')
+        if not isinstance(data, list) or not all(isinstance(e, str) for e in data):
+            raise Problem(400, f"input {IMAGE!r}: data must be a list of base64 strings, one per image file")
+        try:
+            elements = [base64.b64decode(element, validate=True) for element in data]
+        except (ValueError, binascii.Error):
+            raise Problem(400, f"input {IMAGE!r}: each JSON element must be the base64 of an image file") from None
+    if len(elements) != count:
+        raise Problem(400, f"input {IMAGE!r}: shape [{count}] but {len(elements)} elements")
+    return elements
+
+
+def fp32_elements(tensor: dict, shape: list[int]) -> np.ndarray:
+    size = int(np.prod(shape))
+    if 'raw' in tensor:
+        if len(tensor['raw']) != 4 * size:
+            raise Problem(400, f"input {PIXELS!r}: {len(tensor['raw'])} bytes of binary data for shape {shape}, "
+                               f"which needs {4 * size}")
+        values = np.frombuffer(tensor['raw'], dtype='<f4')
+    else:
+        try:
+            values = np.asarray(tensor.get('data'), dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise Problem(400, f"input {PIXELS!r}: data must be {size} numbers") from None
+        if values.size != size:
+            raise Problem(400, f"input {PIXELS!r}: {values.size} numbers for shape {shape}, which needs {size}")
+    if not np.isfinite(values).all():
+        raise Problem(400, f"input {PIXELS!r}: the values must be finite numbers")
+    return values.astype(np.float32).reshape(shape)
+
+
+def respond(inference: dict, model: str, served: list[Served], k: int) -> Response:
+    """The inference response: JSON, or JSON then binary tensors where the request asked for binary outputs."""
+    labels = [[label for label, _ in s.output] for s in served]
+    probabilities = np.array([[p for _, p in s.output] for s in served], dtype=np.float32).reshape(len(served), k)
+    available = {LABELS: ('BYTES', labels), PROBABILITIES: ('FP32', probabilities)}
+    requested = inference.get('outputs') or [{'name': n} for n in available]
+    all_binary = bool((inference.get('parameters') or {}).get('binary_data_output', False))
+    outputs, blobs = [], []
+    for wanted in requested:
+        datatype, values = available[wanted['name']]
+        output: dict[str, Any] = {'name': wanted['name'], 'datatype': datatype, 'shape': [len(served), k]}
+        if all_binary or (wanted.get('parameters') or {}).get('binary_data', False):
+            blob = (b''.join(struct.pack('<I', len(e)) + e for row in values for e in (s.encode() for s in row))
+                    if datatype == 'BYTES' else values.astype('<f4').tobytes())
+            output['parameters'] = {'binary_data_size': len(blob)}
+            blobs.append(blob)
+        else:
+            output['data'] = ([label for row in values for label in row] if datatype == 'BYTES'
+                              else [float(p) for p in values.reshape(-1)])
+        outputs.append(output)
+    body = {'model_name': model, 'model_version': '1', 'outputs': outputs, 'parameters': dict(
+        width=min(s.width for s in served), batch_size=max(s.batch_size for s in served),
+        decode_ms=round(1e3 * max(s.decode_s for s in served), 3),
+        queue_ms=round(1e3 * max(s.queue_s for s in served), 3),
+        compute_ms=round(1e3 * max(s.compute_s for s in served), 3), slo_ms=round(1e3 * served[0].slo_s, 3))}
+    if 'id' in inference:
+        body['id'] = str(inference['id'])
+    header = json.dumps(body).encode()
+    if not blobs:
+        return Response(header, media_type='application/json')
+    return Response(header + b''.join(blobs), media_type='application/octet-stream',
+                    headers={'Inference-Header-Content-Length': str(len(header))})

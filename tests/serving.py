@@ -1,0 +1,94 @@
+"""A real `scalavit serve` in its own process on a loopback port, for the serving tests."""
+import asyncio
+import collections
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from scalavit.checkpoint import load_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, checkpoint, *options, env=None):
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}'
+        self.process = subprocess.Popen(
+            [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
+             '--profile-repeats', '3', '--max-batch-size', '8', *options],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+        # Read all along: a full pipe would block the server's next write (its last lines are kept for failures).
+        self.output = collections.deque(maxlen=2000)
+        self.reader = threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True)
+        self.reader.start()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                self.reader.join(timeout=10)
+                raise AssertionError(''.join(self.output))
+            try:
+                if httpx.get(f'{self.url}/health/ready', timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise TimeoutError('the server did not become ready')
+
+    def post(self, body: bytes, content_type='image/png', path='/predict', **headers):
+        return httpx.post(f'{self.url}{path}', content=body, headers={'Content-Type': content_type, **headers},
+                          timeout=30)
+
+    def burst(self, bodies, **headers):
+        """All at once, as concurrent clients."""
+        async def send():
+            async with httpx.AsyncClient(base_url=self.url, timeout=60,
+                                         limits=httpx.Limits(max_connections=len(bodies))) as client:
+                return await asyncio.gather(*(client.post('/predict', content=body, headers={
+                    'Content-Type': 'image/png', **headers}) for body in bodies))
+        return asyncio.run(send())
+
+    def connect(self, timeout: float = 10) -> socket.socket:
+        connection = socket.create_connection(('127.0.0.1', self.port), timeout=timeout)
+        return connection
+
+    def rss_bytes(self) -> int:
+        with open(f'/proc/{self.process.pid}/status') as status:
+            kilobytes = next(line for line in status if line.startswith('VmRSS:')).split()[1]
+        return int(kilobytes) * 1024
+
+    def stop(self):
+        """As an orchestrator stops it: SIGTERM, then SIGKILL if it has not ended within 30 s."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def labelled_png(run) -> tuple[bytes, str]:
+    """A validation PNG of the run's data that the checkpoint classifies correctly, with its class name."""
+    model, _ = load_model(str(run / 'scala'))
+    classes = model.pretrained_cfg['label_names']
+    for path in sorted((run / 'data' / 'val').glob('*/*.png')):
+        pixels = torch.from_numpy(np.array(Image.open(path), dtype=np.float32)).reshape(1, 1, 28, 28) / 255
+        x = (pixels - model.pretrained_cfg['mean'][0]) / model.pretrained_cfg['std'][0]
+        with torch.no_grad():
+            if classes[model.eval()(x).argmax()] == path.parent.name:
+                return path.read_bytes(), path.parent.name
+    raise AssertionError('the trained checkpoint classifies no validation image correctly')
