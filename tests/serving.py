@@ -22,6 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def read_all(stream) -> collections.deque:
+    """The lines of a process's output, read all along by a thread: a full pipe would block the process's next
+    write. The last 2000 are kept."""
+    lines = collections.deque(maxlen=2000)
+    threading.Thread(target=lines.extend, args=(stream,), daemon=True).start()
+    return lines
+
+
 class Server:
     def __init__(self, checkpoint, *options, env=None):
         self.port = free_port()
@@ -30,14 +38,11 @@ class Server:
             [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
              '--profile-repeats', '3', '--max-batch-size', '8', *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
-        # Read all along: a full pipe would block the server's next write (its last lines are kept for failures).
-        self.output = collections.deque(maxlen=2000)
-        self.reader = threading.Thread(target=self.output.extend, args=(self.process.stdout,), daemon=True)
-        self.reader.start()
+        self.output = read_all(self.process.stdout)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                self.reader.join(timeout=10)
+                time.sleep(1)  # for the reader to take the last lines
                 raise AssertionError(''.join(self.output))
             try:
                 if httpx.get(f'{self.url}/health/ready', timeout=1).status_code == 200:

@@ -216,6 +216,9 @@ def _serve(args: argparse.Namespace) -> None:
     if args.compile and args.onnxruntime:
         raise ValueError("--compile and --onnxruntime are two backends; choose one")
     backend = 'compiled' if args.compile else 'onnxruntime' if args.onnxruntime else 'eager'
+    if args.replicas or args.min_replicas or args.max_replicas:
+        _serve_on_ray(args, settings, backend)
+        return
     runner = Runner(args.checkpoint, args.device, args.model, backend=backend, compile_cache=args.compile_cache)
     service = Service(runner, settings, runner.accuracies(args.data))
     logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
@@ -223,6 +226,20 @@ def _serve(args: argparse.Namespace) -> None:
           f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
           f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
     serve(create_app(service, limits.drain_timeout_s), args.host, args.port, limits)
+
+
+def _serve_on_ray(args: argparse.Namespace, settings, backend: str) -> None:
+    """The same server as replicas of a Ray Serve deployment on a local Ray instance (``scalavit.serve.ray``)."""
+    try:
+        from .serve.ray import run_local
+    except ImportError:
+        raise ValueError("--replicas runs on Ray Serve, which is not installed: pip install 'scalavit[ray]'") from None
+    scaling = {name: value for name in ('replicas', 'min_replicas', 'max_replicas')
+               if (value := getattr(args, name)) is not None}
+    options = dict(checkpoint=args.checkpoint, **dataclasses.asdict(settings), **scaling, device=args.device,
+                   model=args.model, backend=backend, compile_cache=args.compile_cache, data=args.data,
+                   threads=args.threads, drain_timeout=args.drain_timeout)
+    run_local(options, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,6 +353,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
     serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(serve, serving=True)
+    scale = serve.add_argument_group('scale-out on Ray Serve (pip install scalavit[ray]): replicas behind Ray\'s proxy')
+    scale.add_argument('--replicas', type=int, help='replicas, each with its own model, batcher and profile')
+    scale.add_argument('--min-replicas', type=int, help='autoscale on ongoing requests between these bounds')
+    scale.add_argument('--max-replicas', type=int)
     serve.add_argument('--onnxruntime', action='store_true',
                        help='serve every width through ONNX Runtime (each exported to ONNX and checked at start; CPU)')
     serve.set_defaults(run=_serve)

@@ -114,7 +114,7 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
             response = JSONResponse(prediction(await answer(request)))
         except Problem as problem:
             response = problem_response(problem)
-        service.metrics.requests.labels(str(response.status_code)).inc()
+        service.metrics.responded(response.status_code)
         return response
 
     async def answer(request: Request) -> Served:

@@ -28,10 +28,16 @@ class Metrics:
         self.in_progress = Gauge('scalavit_requests_in_progress', 'Inference requests being read, decoded, queued '
                                  'or computed', registry=r)
 
+    def responded(self, status: int) -> None:
+        self.requests.labels(str(status)).inc()
+
+    def decoded(self, seconds: float) -> None:
+        self.decode_time.observe(seconds)
+
     def on_batch(self, batch, compute_s: float) -> None:
         self.batch_size.observe(len(batch.requests))
 
-    def observe_answer(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
+    def answered(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
         self.latency.observe(latency_s)
         self.queue_time.observe(queue_s)
         self.width.observe(width)

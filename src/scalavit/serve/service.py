@@ -124,8 +124,10 @@ class Service:
     # Readiness
 
     def start(self) -> None:
-        """Prepares in the background: liveness answers at once, readiness once the profile is measured."""
-        threading.Thread(target=self.prepare, name='scalavit-profile', daemon=True).start()
+        """Prepares in the background, unless done already: liveness answers at once, readiness once the profile
+        is measured."""
+        if self.batcher is None and self.error is None:
+            threading.Thread(target=self.prepare, name='scalavit-profile', daemon=True).start()
 
     def prepare(self) -> None:
         try:
@@ -215,11 +217,11 @@ class Service:
         except BadImage as error:
             raise Problem(400, str(error)) from None
         ready = time.monotonic()
-        self.metrics.decode_time.observe(ready - start)
+        self.metrics.decoded(ready - start)
         answer = await self._answer(item, slo_s, width)
         elapsed = time.monotonic() - ready
         self.batcher.note_overhead(elapsed - answer.queue_s - answer.compute_s)
-        self.metrics.observe_answer(elapsed, answer.queue_s, answer.width, missed=elapsed > slo_s)
+        self.metrics.answered(elapsed, answer.queue_s, answer.width, missed=elapsed > slo_s)
         return Served(answer.output, answer.width, answer.batch_size, ready - start, answer.queue_s,
                       answer.compute_s, slo_s)
 

@@ -78,7 +78,7 @@ def v2_router(service: Service) -> APIRouter:
                 response = await answer(request)
         except Problem as failed:
             response = JSONResponse({'error': str(failed)}, status_code=failed.status, headers=failed.headers)
-        service.metrics.requests.labels(str(response.status_code)).inc()
+        service.metrics.responded(response.status_code)
         return response
 
     for path in model_paths:

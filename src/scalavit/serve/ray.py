@@ -1,0 +1,172 @@
+"""Scale-out on Ray Serve: each replica holds one model with its own SlackFit batcher behind the same FastAPI app as
+``scalavit serve``; Ray's proxy spreads requests over the replicas and its autoscaler adds them on ongoing requests.
+
+``app`` is an application builder, so Ray's own CLI and config files run it::
+
+    serve run scalavit.serve.ray:app checkpoint=RUN replicas=2 threads=1
+    serve run scalavit.serve.ray:app checkpoint=RUN min_replicas=1 max_replicas=4 slo_ms=50
+
+Its arguments are those of ``scalavit serve`` with underscores (``slo_ms``, ``max_batch_size``, ``policy``, ``device``,
+``backend`` = eager, compiled or onnxruntime, ...), plus ``replicas`` or ``min_replicas``/``max_replicas``. A replica
+profiles its device in its constructor, so Ray routes to it only once it can answer; its health check is the
+server's readiness (a dead or stuck model thread gets it replaced); on scale-down it drains what it holds; its metrics
+go to Ray's metrics as well as its own ``/metrics``.
+"""
+import dataclasses
+import logging
+from typing import Any, Optional
+
+import torch
+from pydantic import TypeAdapter, ValidationError
+from ray import serve
+from ray.serve import metrics as ray_metrics
+
+from .app import create_app
+from .metrics import LATENCY_BUCKETS, Metrics
+from .runner import Runner
+from .service import Service, Settings
+
+log = logging.getLogger('scalavit.serve')
+
+RUNNER_OPTIONS = {'device': 'cpu', 'model': None, 'backend': 'eager', 'compile_cache': None, 'data': None,
+                  'threads': None, 'drain_timeout': 10.0}
+SCALING_OPTIONS = ('replicas', 'min_replicas', 'max_replicas')
+
+
+class RayMetrics(Metrics):
+    """The server's metrics, recorded in Ray's metrics too (tagged by Ray with the deployment and replica)."""
+
+    def __init__(self, widths):
+        super().__init__(widths)
+        seconds = list(LATENCY_BUCKETS)
+        self.ray_requests = ray_metrics.Counter('scalavit_requests', 'Inference requests answered, by HTTP status',
+                                                tag_keys=('status',))
+        self.ray_latency = ray_metrics.Histogram('scalavit_request_latency_seconds', 'Image ready to answer',
+                                                 boundaries=seconds)
+        self.ray_decode = ray_metrics.Histogram('scalavit_decode_seconds', 'Decoding and preprocessing an image',
+                                                boundaries=seconds)
+        self.ray_width = ray_metrics.Histogram('scalavit_width', 'Width that answered each request',
+                                               boundaries=sorted(widths))
+        self.ray_batch = ray_metrics.Histogram('scalavit_batch_size', 'Requests per forward',
+                                               boundaries=[1, 2, 4, 8, 16, 32, 64, 128])
+        self.ray_misses = ray_metrics.Counter('scalavit_slo_misses', 'Requests not answered within their deadline')
+        self.ray_refusals = ray_metrics.Counter('scalavit_refusals', 'Requests refused or dropped with 503',
+                                                tag_keys=('reason',))
+
+    def responded(self, status: int) -> None:
+        super().responded(status)
+        self.ray_requests.inc(tags={'status': str(status)})
+
+    def decoded(self, seconds: float) -> None:
+        super().decoded(seconds)
+        self.ray_decode.observe(seconds)
+
+    def on_batch(self, batch, compute_s: float) -> None:
+        super().on_batch(batch, compute_s)
+        self.ray_batch.observe(len(batch.requests))
+
+    def answered(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
+        super().answered(latency_s, queue_s, width, missed)
+        self.ray_latency.observe(latency_s)
+        self.ray_width.observe(width)
+        if missed:
+            self.ray_misses.inc()
+
+    def refused(self, reason: str) -> None:
+        super().refused(reason)
+        self.ray_refusals.inc(tags={'reason': reason})
+        self.ray_misses.inc()
+
+
+@serve.ingress()
+class ScalaVitReplica:
+    """One replica: the model, profiled on this replica's device before Ray sends it a request."""
+
+    def __init__(self, checkpoint: str, settings: Settings, options: dict[str, Any]):
+        if options['threads']:
+            torch.set_num_threads(options['threads'])
+        logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
+        runner = Runner(checkpoint, options['device'], options['model'], backend=options['backend'],
+                        compile_cache=options['compile_cache'])
+        self.drain_timeout = options['drain_timeout']
+        self.service = Service(runner, settings, runner.accuracies(options['data']), RayMetrics(runner.widths))
+        self.service.prepare()
+        if self.service.error:
+            raise RuntimeError(f"the replica could not prepare its model: {self.service.error}")
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.service, self.drain_timeout)
+
+    def check_health(self) -> None:
+        """Ray's health check: a replica whose model thread died or is stuck is replaced."""
+        reason = self.service.not_ready()
+        if reason is not None:
+            raise RuntimeError(f"not ready: {reason}")
+
+
+def parse_arguments(args: dict[str, Any]) -> tuple[str, Settings, dict[str, Any], dict[str, Any]]:
+    """The checkpoint, the server's settings, the runner's options and the deployment's scaling, from the builder's
+    arguments (strings from ``serve run``, or typed values from a config file or Python)."""
+    args = dict(args)
+    if 'checkpoint' not in args:
+        raise ValueError("give the run to serve: serve run scalavit.serve.ray:app checkpoint=RUN [replicas=N]")
+    checkpoint = str(args.pop('checkpoint'))
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    unknown = sorted(set(args) - fields - set(RUNNER_OPTIONS) - set(SCALING_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: checkpoint, "
+                         f"{', '.join(sorted(fields | set(RUNNER_OPTIONS) | set(SCALING_OPTIONS)))}")
+    try:
+        settings = TypeAdapter(Settings).validate_python({k: v for k, v in args.items() if k in fields})
+        scaling = {k: int(args[k]) for k in SCALING_OPTIONS if k in args}
+        options = {k: type(default)(args[k]) if default is not None and k in args else args.get(k, default)
+                   for k, default in RUNNER_OPTIONS.items()}
+        options['threads'] = int(options['threads']) if options['threads'] else None
+    except (ValidationError, ValueError, TypeError) as error:
+        raise ValueError(f"bad argument: {' '.join(str(error).split())}") from None
+    return checkpoint, settings, options, scaling
+
+
+def deployment_options(settings: Settings, options: dict[str, Any], scaling: dict[str, int]) -> dict[str, Any]:
+    """Ray's options for the replicas: how many (fixed or autoscaled on ongoing requests), their CPUs, and limits
+    that leave admission to each replica's own batcher."""
+    if 'min_replicas' in scaling or 'max_replicas' in scaling:
+        low = scaling.get('min_replicas', 1)
+        replicas = {'autoscaling_config': {'min_replicas': low, 'max_replicas': scaling.get('max_replicas', max(low, 1)),
+                                           'target_ongoing_requests': settings.max_batch_size}}
+    else:
+        replicas = {'num_replicas': scaling.get('replicas', 1)}
+    cpus = options['threads'] or 1
+    return dict(name='scalavit', **replicas, max_ongoing_requests=settings.max_in_progress,
+                ray_actor_options={'num_cpus': cpus, 'num_gpus': 1 if options['device'].startswith('cuda') else 0},
+                graceful_shutdown_timeout_s=2 * options['drain_timeout'], health_check_period_s=5.0)
+
+
+def app(args: dict[str, Any]) -> serve.Application:
+    """The application builder: ``serve run scalavit.serve.ray:app checkpoint=RUN replicas=2``."""
+    checkpoint, settings, options, scaling = parse_arguments(args)
+    deployment = serve.deployment(ScalaVitReplica).options(**deployment_options(settings, options, scaling))
+    return deployment.bind(checkpoint, settings, options)
+
+
+def run_local(args: dict[str, Any], host: str, port: int, cpus: Optional[int] = None) -> None:
+    """``scalavit serve RUN --replicas N``: the same application on a Ray instance of this machine, until SIGTERM or
+    Ctrl-C, then drained and shut down."""
+    import signal
+    import ray
+
+    application = app(args)  # its arguments checked before Ray starts
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM drains as Ctrl-C does (after Ray's own)
+    quiet = {'log_level': 'WARNING', 'enable_access_log': False}
+    try:
+        serve.start(http_options={'host': host, 'port': port}, logging_config=quiet)
+        serve.run(application, name='scalavit', route_prefix='/', logging_config=quiet)
+        print(f"scalavit serve: on http://{host}:{port} through Ray Serve's proxy; ready when /health/ready answers "
+              "200 (Ctrl-C or SIGTERM to stop)", flush=True)
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()
+        ray.shutdown()

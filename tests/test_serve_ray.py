@@ -1,0 +1,141 @@
+"""Scale-out on Ray Serve: `scalavit serve RUN --replicas 2` on a local Ray instance that the test starts (2 replicas
+of 1 thread), answering through Ray's proxy; both replicas used, one killed and the service still answering."""
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import serving
+
+pytest.importorskip('ray.serve')
+
+from scalavit.serve.ray import app, deployment_options, parse_arguments  # noqa: E402
+
+
+@pytest.fixture(scope='module')
+def labelled_png(trained):
+    return serving.labelled_png(trained)
+
+
+@pytest.fixture(scope='module')
+def ray_server(trained, tmp_path_factory):
+    temp = tmp_path_factory.mktemp('ray')
+    port = serving.free_port()
+    server = subprocess.Popen(
+        [sys.executable, '-m', 'scalavit', 'serve', str(trained / 'scala'), '--replicas', '2', '--threads', '1', '--port', str(port),
+         '--profile-repeats', '3', '--max-batch-size', '8'],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, 'RAY_TMPDIR': str(temp)})
+    server.url, server.temp = f'http://127.0.0.1:{port}', temp
+    server.output = serving.read_all(server.stdout)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert server.poll() is None, ''.join(server.output)
+        try:
+            if httpx.get(f'{server.url}/health/ready', timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(1)
+    else:
+        server.kill()
+        raise TimeoutError(''.join(server.output))
+    yield server
+    # SIGTERM drains the replicas and shuts Ray down: the process ends cleanly and no replica is left
+    replicas = replica_pids(temp)
+    server.send_signal(signal.SIGTERM)
+    try:
+        assert server.wait(timeout=90) == 0, ''.join(server.output)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    time.sleep(2)
+    assert not [pid for pid in replicas if Path(f'/proc/{pid}').exists()]
+    assert not [line for line in server.output if 'Traceback' in line or 'SIGTERM received' in line], \
+        ''.join(server.output)
+
+
+def replica_pids(temp: Path) -> list[int]:
+    """The processes Ray runs the replicas in (titled ray::ServeReplica:APP:DEPLOYMENT)."""
+    pids = []
+    for entry in Path('/proc').iterdir():
+        try:
+            if entry.name.isdigit() and b'ServeReplica:scalavit' in (entry / 'cmdline').read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def ray_metric(temp: Path, name: str) -> dict[str, float]:
+    """A counter from Ray's metrics export (the port Ray wrote in its session folder), by replica."""
+    port = next((temp / 'ray' / 'session_latest').glob('metrics_export_port_*')).read_text().strip()
+    by_replica = {}
+    for family in text_string_to_metric_families(httpx.get(f'http://127.0.0.1:{port}/metrics', timeout=10).text):
+        for sample in family.samples:
+            if sample.name == name:
+                replica = sample.labels['replica']
+                by_replica[replica] = by_replica.get(replica, 0) + sample.value
+    return by_replica
+
+
+def burst(url: str, body: bytes, count: int) -> list[httpx.Response]:
+    async def send():
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=count)) as client:
+            return await asyncio.gather(*(client.post('/predict', content=body, headers={
+                'Content-Type': 'image/png', 'X-SLO-Ms': '5000'}) for _ in range(count)))
+    return asyncio.run(send())
+
+
+def test_the_builder_takes_ray_cli_strings_and_refuses_what_it_does_not_know(trained):
+    checkpoint, settings, options, scaling = parse_arguments(
+        {'checkpoint': str(trained / 'scala'), 'replicas': '3', 'threads': '2', 'slo_ms': '50', 'policy': 'maxacc'})
+    assert (settings.slo_ms, settings.policy, options['threads'], scaling) == (50.0, 'maxacc', 2, {'replicas': 3})
+    deployment = deployment_options(settings, options, scaling)
+    assert deployment['num_replicas'] == 3 and deployment['ray_actor_options']['num_cpus'] == 2
+    assert deployment['max_ongoing_requests'] == settings.max_in_progress  # admission stays with each replica
+    autoscaled = deployment_options(settings, options, {'min_replicas': 1, 'max_replicas': 4})
+    assert autoscaled['autoscaling_config'] == {'min_replicas': 1, 'max_replicas': 4,
+                                                'target_ongoing_requests': settings.max_batch_size}
+    assert app({'checkpoint': str(trained / 'scala')}) is not None
+    with pytest.raises(ValueError, match='unknown argument'):
+        parse_arguments({'checkpoint': 'x', 'slo': '5'})
+    with pytest.raises(ValueError, match='give the run to serve'):
+        parse_arguments({'replicas': '2'})
+    with pytest.raises(ValueError, match='bad argument'):
+        parse_arguments({'checkpoint': 'x', 'slo_ms': 'soon'})
+
+
+def test_requests_through_rays_proxy_use_both_replicas_and_ray_gets_the_metrics(ray_server, labelled_png):
+    png, label = labelled_png
+    answers = [r for _ in range(4) for r in burst(ray_server.url, png, 16)]
+    assert all(r.status_code == 200 and r.json()['top5'][0]['label'] == label for r in answers)
+    deadline = time.monotonic() + 60  # Ray exports what the replicas recorded every few seconds
+    while time.monotonic() < deadline:
+        answered = ray_metric(ray_server.temp, 'ray_scalavit_requests_total')
+        if len([count for count in answered.values() if count > 0]) >= 2:
+            break
+        time.sleep(2)
+    assert len([count for count in answered.values() if count > 0]) >= 2, answered
+
+
+def test_a_killed_replica_is_replaced_and_the_service_keeps_answering(ray_server, labelled_png):
+    png, label = labelled_png
+    before = replica_pids(ray_server.temp)
+    assert len(before) == 2
+    os.kill(before[0], signal.SIGKILL)
+    answers = [r for _ in range(3) for r in burst(ray_server.url, png, 8)]
+    assert sum(r.status_code == 200 for r in answers) >= 20, [r.status_code for r in answers]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (len(replica_pids(ray_server.temp)) == 2
+                                               and before[0] not in replica_pids(ray_server.temp)):
+        time.sleep(1)
+    assert len(replica_pids(ray_server.temp)) == 2 and before[0] not in replica_pids(ray_server.temp)
+    answer = httpx.post(f'{ray_server.url}/predict', content=png, headers={'Content-Type': 'image/png'}, timeout=30)
+    assert answer.status_code == 200 and answer.json()['top5'][0]['label'] == label
