@@ -51,6 +51,16 @@ LATE_SEND_MS = 5.0  # a client that sends its p99 request later than this behind
 BACKEND_OPTIONS = {'eager': [], 'compiled': ['--compile'], 'onnxruntime': ['--onnxruntime']}
 
 
+def deployment_options(deployment: str) -> list[str]:
+    """``plain``: one `scalavit serve` process; ``ray:N``: N replicas on Ray Serve behind its proxy."""
+    if deployment == 'plain':
+        return []
+    kind, _, replicas = deployment.partition(':')
+    if kind != 'ray' or not replicas.isdigit():
+        raise ValueError(f"--deployments {deployment!r}: plain or ray:N")
+    return ['--replicas', replicas]
+
+
 # The schedule and the images
 
 
@@ -122,6 +132,23 @@ class Server:
             time.sleep(0.5)
         self.stop()
         raise TimeoutError('the server did not become ready in 10 minutes')
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and every process under it (Ray's processes too)."""
+        parents, times = {}, {}
+        for entry in Path('/proc').iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / 'stat').read_text().rsplit(')', 1)[1].split()
+                except OSError:
+                    continue
+                parents[int(entry.name)] = int(fields[1])
+                times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+        tree, grown = {self.process.pid}, True
+        while grown:
+            below = {pid for pid, parent in parents.items() if parent in tree} - tree
+            tree, grown = tree | below, bool(below)
+        return sum(times.get(pid, 0.0) for pid in tree)
 
     def capacity(self, width: float, batched: bool = False) -> float:
         """Requests a second ``width`` answers one at a time (1 / its p95 at batch 1), or ``batched`` at its best
@@ -306,10 +333,14 @@ def ceiling(args, images, labels) -> None:
 # The study
 
 
-def contenders(policies: list[str], backends: list[str]) -> dict[str, tuple[str, str]]:
-    """The runs of the study by name: each policy on each backend, named by the policy alone when there is one."""
-    return {(policy if len(backends) == 1 else f'{policy} on {backend}'): (policy, backend)
-            for backend in backends for policy in policies}
+def contenders(policies: list[str], backends: list[str],
+               deployments: list[str] = ('plain',)) -> dict[str, tuple[str, str, str]]:
+    """The runs of the study by name: each policy on each backend and deployment, named by the policy alone where
+    there is one of each."""
+    def name(policy, backend, deployment):
+        return ' on '.join([policy] + ([backend] if len(backends) > 1 else [])
+                           + ([deployment] if len(deployments) > 1 else []))
+    return {name(p, b, d): (p, b, d) for d in deployments for b in backends for p in policies}
 
 
 def run_study(args, images, labels) -> None:
@@ -320,7 +351,7 @@ def run_study(args, images, labels) -> None:
     capacity = args.full_rate or profiled  # the profile's figure moves from one start to the next
     policies = args.policies or (['slackfit', f'fixed:{smallest:g}'] if args.quick else
                                  ['slackfit', 'maxacc', 'fixed:1', f'fixed:{smallest:g}'])
-    runs = contenders(policies, args.backends)
+    runs = contenders(policies, args.backends, args.deployments)
     names = list(runs)
     times, phases = schedule(capacity, args.seconds, args.seed)
     print(f"full width capacity {capacity:.0f} req/s one at a time ({'--full-rate; ' if args.full_rate else ''}"
@@ -330,21 +361,27 @@ def run_study(args, images, labels) -> None:
     started = time.time()
     for repeat in range(args.repeats):
         for name in names[repeat % len(names):] + names[:repeat % len(names)]:
-            policy, backend = runs[name]
-            server = Server(args.checkpoint, policy, args.slo_ms, args.server_options + BACKEND_OPTIONS[backend])
+            policy, backend, deployment = runs[name]
+            server = Server(args.checkpoint, policy, args.slo_ms, args.server_options + BACKEND_OPTIONS[backend]
+                            + deployment_options(deployment))
             try:
+                cpu_before = server.cpu_seconds()
                 outcomes = asyncio.run(drive(server.url, times, images, labels, timeout_s=30))
+                cpu_used = server.cpu_seconds() - cpu_before
             finally:
                 server.stop()
             summary = summarise(outcomes, phases, args.slo_ms / 1e3, args.seconds)
+            summary['server_cpu_ms_per_request'] = round(1e3 * cpu_used / max(len(outcomes), 1), 2)
             results[name].append(summary)
             timelines.setdefault(name, timeline(outcomes, args.seconds * len(PHASES), args.slo_ms / 1e3))
             print(f"[{repeat + 1}/{args.repeats}] {name:>12}: attainment {summary['attainment']:.4f}, accuracy "
-                  f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms"
+                  f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms, server "
+                  f"CPU {summary['server_cpu_ms_per_request']} ms a request"
                   f"{'  (client fell behind)' if summary['client_fell_behind'] else ''}", flush=True)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=names,
-               backends=args.backends, results=results, seconds=args.seconds, slo_ms=args.slo_ms)
+               backends=args.backends, deployments=args.deployments, results=results, seconds=args.seconds,
+               slo_ms=args.slo_ms)
     write_text_atomically(args.output.with_suffix('.json'), json.dumps(raw, indent=1) + '\n')
     figures = plot(results, timelines, args.slo_ms, args.seconds, args.output)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
@@ -363,7 +400,9 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
     policies, results = raw['policies'], raw['results']
     command = 'python benchmarks/serve_load.py ' + ' '.join(sys.argv[1:])
     lines = [
-        '# Serving under changing load: SlackFit against fixed-width serving', '',
+        ('# Serving under changing load: one server process against Ray Serve\'s replicas'
+         if len(raw.get('deployments', ['plain'])) > 1 else
+         '# Serving under changing load: SlackFit against fixed-width serving'), '',
         f'Command: `{command}`', '',
         f'Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; server and client on '
         f'the same machine. Checkpoint `{args.checkpoint}`; SLO {args.slo_ms:g} ms; {requests} requests over '
@@ -375,15 +414,17 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
         f'{args.repeats} repeat(s), runs in rotated order; {elapsed / 60:.1f} min in all.', '',
         'Figures are the median over repeats with the range in brackets. Attainment counts every offered request '
         '(refusals, drops and timeouts are misses); latencies are of answered requests, from the scheduled send '
-        'time; accuracy is measured on the answers.', '',
+        'time; accuracy is measured on the answers; server CPU is the CPU time of the server and every process under '
+        'it (Ray\'s included) while the schedule ran, over the requests offered.', '',
         '| policy | SLO attainment | p50 ms | p95 ms | p99 ms | goodput req/s | accuracy % | mean width | '
-        'client late p99 ms |', '|---|---|---|---|---|---|---|---|---|']
+        'client late p99 ms | server CPU ms a request |', '|---|---|---|---|---|---|---|---|---|---|']
     for p in policies:
         rs = results[p]
         lines.append(f"| {p} | {spread([r['attainment'] for r in rs])} | {spread([r['p50_ms'] for r in rs])} | "
                      f"{spread([r['p95_ms'] for r in rs])} | {spread([r['p99_ms'] for r in rs])} | "
                      f"{spread([r['goodput'] for r in rs])} | {spread([r['accuracy'] for r in rs])} | "
-                     f"{spread([r['mean_width'] for r in rs])} | {spread([r['client_late_p99_ms'] for r in rs])} |")
+                     f"{spread([r['mean_width'] for r in rs])} | {spread([r['client_late_p99_ms'] for r in rs])} | "
+                     f"{spread([r.get('server_cpu_ms_per_request') for r in rs])} |")
     lines += ['', 'By phase (attainment / accuracy % / mean width):', '',
               '| policy | ' + ' | '.join(name for name, _, _ in PHASES) + ' |',
               '|---|' + '---|' * len(PHASES)]
@@ -394,11 +435,34 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
             cells.append(f"{spread([r['attainment'] for r in rs])} / {spread([r['accuracy'] for r in rs])} / "
                          f"{spread([r['mean_width'] for r in rs])}")
         lines.append(f"| {p} | " + ' | '.join(cells) + ' |')
+    lines += deployment_ratios(raw)
     behind = [p for p in policies if any(r['client_fell_behind'] for r in results[p])]
     lines += ['', f"Client fell behind (p99 send lateness over {LATE_SEND_MS:g} ms) in: "
                   f"{', '.join(behind) if behind else 'no run'}.", '']
     lines += [f'![{name}]({name})' for name in figures]
     return '\n'.join(lines) + '\n'
+
+
+def deployment_ratios(raw: dict) -> list[str]:
+    """Each Ray deployment's attainment and p99 over the plain server's, same policy and backend, repeat by repeat
+    (the runs of a repeat share their minutes of the machine's noise)."""
+    deployments = raw.get('deployments', ['plain'])
+    if len(deployments) < 2 or 'plain' not in deployments:
+        return []
+    lines = ['', 'Against the plain server on the same schedule (ratio per repeat; median, range):', '',
+             '| run | attainment ratio | p99 ratio |', '|---|---|---|']
+    for name in raw['policies']:
+        if not name.endswith(' on plain'):
+            continue
+        for deployment in deployments:
+            other = name.removesuffix(' on plain') + f' on {deployment}'
+            if deployment == 'plain' or other not in raw['results']:
+                continue
+            pairs = list(zip(raw['results'][other], raw['results'][name]))
+            attainment = [round(a['attainment'] / b['attainment'], 4) for a, b in pairs if b['attainment']]
+            p99 = [round(a['p99_ms'] / b['p99_ms'], 3) for a, b in pairs if a['p99_ms'] and b['p99_ms']]
+            lines.append(f"| {other} | {spread(attainment)} | {spread(p99)} |")
+    return lines
 
 
 def main() -> None:
@@ -413,6 +477,9 @@ def main() -> None:
     parser.add_argument('--policies', nargs='+', help='default: slackfit maxacc fixed:1 fixed:<smallest>')
     parser.add_argument('--backends', nargs='+', choices=list(BACKEND_OPTIONS), default=['eager'],
                         help="the server's backends to run every policy on (the first sets the capacity)")
+    parser.add_argument('--deployments', nargs='+', default=['plain'],
+                        help="plain (one server process) and/or ray:N (N replicas on Ray Serve behind its proxy); "
+                             "the first run's profile sets the load")
     parser.add_argument('--server-options', type=shlex.split, default=['--threads', '1', '--max-batch-size', '16'],
                         help="passed to `scalavit serve`, e.g. --server-options='--threads 1 --max-batch-size 16'")
     parser.add_argument('--images', type=int, default=2000, help='test images to cycle through')

@@ -71,6 +71,14 @@ CASES = {
     'pick on CUDA without CUDA': (lambda T, S: ['pick', T / 'scala', '--macs', '1e6', '--device', 'cuda:0'],
                                   'no CUDA device'),
     'widths of an unknown model': (lambda T, S: ['widths', '--model', 'vit_nope'], 'not a known model'),
+    'serve no replicas': (lambda T, S: ['serve', T / 'scala', '--replicas', '0'], 'replicas must be at least 1'),
+    'serve no pixels': (lambda T, S: ['serve', T / 'scala', '--max-pixels', '0'], '--max-pixels must be positive'),
+    'serve no keep-alive': (lambda T, S: ['serve', T / 'scala', '--keep-alive-timeout', '0'],
+                            '--keep-alive-timeout must be positive'),
+    'serve an SLO of an hour': (lambda T, S: ['serve', T / 'scala', '--slo-ms', '3600000'],
+                                '--slo-ms must be at most 60000'),
+    'serve a model name with a slash': (lambda T, S: ['serve', T / 'scala', '--served-model-name', 'a/b'],
+                                        "--served-model-name 'a/b': use letters, digits"),
 }
 
 

@@ -16,11 +16,24 @@ def load_benchmark():
 
 def test_every_policy_runs_on_every_backend_named_by_the_policy_alone_when_there_is_one_backend():
     contenders = load_benchmark().contenders
-    assert contenders(['slackfit', 'fixed:1'], ['eager']) == {'slackfit': ('slackfit', 'eager'),
-                                                              'fixed:1': ('fixed:1', 'eager')}
+    assert contenders(['slackfit', 'fixed:1'], ['eager']) == {'slackfit': ('slackfit', 'eager', 'plain'),
+                                                              'fixed:1': ('fixed:1', 'eager', 'plain')}
     assert contenders(['slackfit', 'fixed:1'], ['eager', 'onnxruntime']) == {
-        'slackfit on eager': ('slackfit', 'eager'), 'fixed:1 on eager': ('fixed:1', 'eager'),
-        'slackfit on onnxruntime': ('slackfit', 'onnxruntime'), 'fixed:1 on onnxruntime': ('fixed:1', 'onnxruntime')}
+        'slackfit on eager': ('slackfit', 'eager', 'plain'), 'fixed:1 on eager': ('fixed:1', 'eager', 'plain'),
+        'slackfit on onnxruntime': ('slackfit', 'onnxruntime', 'plain'),
+        'fixed:1 on onnxruntime': ('fixed:1', 'onnxruntime', 'plain')}
+    assert contenders(['slackfit'], ['eager'], ['plain', 'ray:2']) == {
+        'slackfit on plain': ('slackfit', 'eager', 'plain'), 'slackfit on ray:2': ('slackfit', 'eager', 'ray:2')}
+
+
+def test_ray_runs_are_compared_with_the_plain_server_repeat_by_repeat():
+    benchmark = load_benchmark()
+    assert benchmark.deployment_options('ray:2') == ['--replicas', '2'] and benchmark.deployment_options('plain') == []
+    run = lambda attainment, p99: dict(attainment=attainment, p99_ms=p99)  # noqa: E731
+    raw = dict(deployments=['plain', 'ray:1'], backends=['eager'], policies=['slackfit on plain', 'slackfit on ray:1'],
+               results={'slackfit on plain': [run(1.0, 50), run(0.5, 100)],
+                        'slackfit on ray:1': [run(0.9, 100), run(0.5, 100)]})
+    assert benchmark.deployment_ratios(raw)[-1] == '| slackfit on ray:1 | 0.95 (0.9-1) | 1.5 (1-2) |'
 
 
 def test_the_load_benchmark_runs_a_policy_on_two_backends_against_one_schedule_and_writes_its_page(trained, tmp_path):

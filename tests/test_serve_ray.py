@@ -99,7 +99,8 @@ def test_the_builder_takes_ray_cli_strings_and_refuses_what_it_does_not_know(tra
     assert (settings.slo_ms, settings.policy, options['threads'], scaling) == (50.0, 'maxacc', 2, {'replicas': 3})
     deployment = deployment_options(settings, options, scaling)
     assert deployment['num_replicas'] == 3 and deployment['ray_actor_options']['num_cpus'] == 2
-    assert deployment['max_ongoing_requests'] == settings.max_in_progress  # admission stays with each replica
+    # a replica takes two batches at a time, Ray's router holds one more and sheds the rest with 503
+    assert (deployment['max_ongoing_requests'], deployment['max_queued_requests']) == (64, 32)
     autoscaled = deployment_options(settings, options, {'min_replicas': 1, 'max_replicas': 4})
     assert autoscaled['autoscaling_config'] == {'min_replicas': 1, 'max_replicas': 4,
                                                 'target_ongoing_requests': settings.max_batch_size}

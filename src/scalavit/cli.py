@@ -216,8 +216,10 @@ def _serve(args: argparse.Namespace) -> None:
     if args.compile and args.onnxruntime:
         raise ValueError("--compile and --onnxruntime are two backends; choose one")
     backend = 'compiled' if args.compile else 'onnxruntime' if args.onnxruntime else 'eager'
-    if args.replicas or args.min_replicas or args.max_replicas:
-        _serve_on_ray(args, settings, backend)
+    scaling = {name: value for name in ('replicas', 'min_replicas', 'max_replicas')
+               if (value := getattr(args, name)) is not None}
+    if scaling:
+        _serve_on_ray(args, settings, backend, scaling)
         return
     runner = Runner(args.checkpoint, args.device, args.model, backend=backend, compile_cache=args.compile_cache)
     service = Service(runner, settings, runner.accuracies(args.data))
@@ -228,14 +230,14 @@ def _serve(args: argparse.Namespace) -> None:
     serve(create_app(service, limits.drain_timeout_s), args.host, args.port, limits)
 
 
-def _serve_on_ray(args: argparse.Namespace, settings, backend: str) -> None:
+def _serve_on_ray(args: argparse.Namespace, settings, backend: str, scaling: dict[str, int]) -> None:
     """The same server as replicas of a Ray Serve deployment on a local Ray instance (``scalavit.serve.ray``)."""
     try:
         from .serve.ray import run_local
     except ImportError:
         raise ValueError("--replicas runs on Ray Serve, which is not installed: pip install 'scalavit[ray]'") from None
-    scaling = {name: value for name in ('replicas', 'min_replicas', 'max_replicas')
-               if (value := getattr(args, name)) is not None}
+    if min(scaling.values()) < 0 or scaling.get('replicas', 1) < 1 or scaling.get('max_replicas', 1) < 1:
+        raise ValueError(f"replicas must be at least 1 (--min-replicas at least 0), got {scaling}")
     options = dict(checkpoint=args.checkpoint, **dataclasses.asdict(settings), **scaling, device=args.device,
                    model=args.model, backend=backend, compile_cache=args.compile_cache, data=args.data,
                    threads=args.threads, drain_timeout=args.drain_timeout)

@@ -235,7 +235,7 @@ class Batcher:
             except Exception as error:  # the request it was planning for fails; the next round plans the others
                 log.error("planning failed (%s: %s); the earliest request is answered 500", type(error).__name__,
                           error)
-                self._fail([heapq.heappop(self.queue)], error)
+                self._fail([heapq.heappop(self.queue)] if self.queue else [], error)
                 return None, []
             if batch is not None:
                 self.busy_until = now + self.slowdown() * self.profile.p95(batch.width, len(batch.requests))

@@ -14,6 +14,7 @@ go to Ray's metrics as well as its own ``/metrics``.
 """
 import dataclasses
 import logging
+import os
 from typing import Any, Optional
 
 import torch
@@ -137,7 +138,13 @@ def deployment_options(settings: Settings, options: dict[str, Any], scaling: dic
     else:
         replicas = {'num_replicas': scaling.get('replicas', 1)}
     cpus = options['threads'] or 1
-    return dict(name='scalavit', **replicas, max_ongoing_requests=settings.max_in_progress,
+    # A replica takes two batches' worth at a time; Ray's router holds one more batch's worth for whichever replica
+    # frees first and answers 503 with Retry-After beyond. Requests queued inside a replica's actor would wait there
+    # unseen by its deadlines (the replica's clock starts when its handler runs), and under overload the replicas
+    # would spend their CPU on answers already too late.
+    return dict(name='scalavit', **replicas, max_ongoing_requests=2 * settings.max_batch_size,
+                max_queued_requests=settings.max_batch_size,
+                backpressure_config={'status_code': 503, 'retry_after_s': 1},
                 ray_actor_options={'num_cpus': cpus, 'num_gpus': 1 if options['device'].startswith('cuda') else 0},
                 graceful_shutdown_timeout_s=2 * options['drain_timeout'], health_check_period_s=5.0)
 
@@ -156,6 +163,8 @@ def run_local(args: dict[str, Any], host: str, port: int, cpus: Optional[int] = 
     import ray
 
     application = app(args)  # its arguments checked before Ray starts
+    # Ray runs its workers at nice 15, behind anything else on the machine; replicas answer under deadlines.
+    os.environ.setdefault('RAY_worker_niceness', '0')
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level=logging.WARNING)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM drains as Ctrl-C does (after Ray's own)
     quiet = {'log_level': 'WARNING', 'enable_access_log': False}

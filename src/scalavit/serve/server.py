@@ -23,7 +23,7 @@ log = logging.getLogger('scalavit.serve')
 class Limits:
     header_timeout_s: float = 10.0  # from a connection's opening (or a request's first byte) to its last header
     body_timeout_s: float = 30.0  # from the last header to the body's last byte
-    keep_alive_s: float = 5.0  # an idle connection between requests
+    keep_alive_timeout_s: float = 5.0  # an idle connection between requests
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
     max_connections: int = 512
@@ -37,7 +37,7 @@ class Limits:
 
 class ServerConfig(uvicorn.Config):
     def __init__(self, app, limits: Limits, **options):
-        super().__init__(app, http=GuardedHttpToolsProtocol, timeout_keep_alive=limits.keep_alive_s,
+        super().__init__(app, http=GuardedHttpToolsProtocol, timeout_keep_alive=limits.keep_alive_timeout_s,
                          timeout_graceful_shutdown=limits.drain_timeout_s, **options)
         self.limits = limits
 
