@@ -138,12 +138,12 @@ def deployment_options(settings: Settings, options: dict[str, Any], scaling: dic
     else:
         replicas = {'num_replicas': scaling.get('replicas', 1)}
     cpus = options['threads'] or 1
-    # A replica takes two batches' worth at a time; Ray's router holds one more batch's worth for whichever replica
-    # frees first and answers 503 with Retry-After beyond. Requests queued inside a replica's actor would wait there
-    # unseen by its deadlines (the replica's clock starts when its handler runs), and under overload the replicas
-    # would spend their CPU on answers already too late.
+    # A replica takes two batches' worth at a time; Ray's router holds as many again (a burst arriving at once
+    # counts there until it is spread) for whichever replica frees first, and answers 503 with Retry-After beyond.
+    # Requests queued inside a replica's actor would wait there unseen by its deadlines (the replica's clock starts
+    # when its handler runs), and under overload the replicas would spend their CPU on answers already too late.
     return dict(name='scalavit', **replicas, max_ongoing_requests=2 * settings.max_batch_size,
-                max_queued_requests=settings.max_batch_size,
+                max_queued_requests=2 * settings.max_batch_size,
                 backpressure_config={'status_code': 503, 'retry_after_s': 1},
                 ray_actor_options={'num_cpus': cpus, 'num_gpus': 1 if options['device'].startswith('cuda') else 0},
                 graceful_shutdown_timeout_s=2 * options['drain_timeout'], health_check_period_s=5.0)
