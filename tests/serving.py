@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -31,7 +32,7 @@ def read_all(stream) -> collections.deque:
 
 
 class Server:
-    def __init__(self, checkpoint, *options, env=None):
+    def __init__(self, checkpoint, *options, env=None, ready_within: float = 180):
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
         self.process = subprocess.Popen(
@@ -39,7 +40,7 @@ class Server:
              '--profile-repeats', '3', '--max-batch-size', '8', *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
         self.output = read_all(self.process.stdout)
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + ready_within
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 time.sleep(1)  # for the reader to take the last lines
@@ -84,6 +85,23 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             raise
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """The processes under ``pid``, with their command lines."""
+    parents, commands = {}, {}
+    for entry in Path('/proc').iterdir():
+        try:
+            if entry.name.isdigit():
+                parents[int(entry.name)] = int((entry / 'stat').read_text().rsplit(')', 1)[1].split()[1])
+                commands[int(entry.name)] = (entry / 'cmdline').read_bytes().replace(b'\0', b' ').decode()
+        except (OSError, IndexError):
+            pass
+    tree, grown = {pid}, True
+    while grown:
+        below = {p for p, parent in parents.items() if parent in tree} - tree
+        tree, grown = tree | below, bool(below)
+    return {p: commands.get(p, '') for p in tree - {pid}}
 
 
 def labelled_png(run) -> tuple[bytes, str]:

@@ -4,8 +4,6 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import serving
+from serving import Server
 
 pytest.importorskip('ray.serve')
 
@@ -30,34 +29,18 @@ def labelled_png(trained):
 def ray_server(trained):
     # Ray's sockets live in its temporary folder, and a Unix socket's path has at most 107 bytes: a short one
     temp = Path(tempfile.mkdtemp(prefix='scalavit-ray-', dir='/tmp'))
-    port = serving.free_port()
-    server = subprocess.Popen(
-        [sys.executable, '-m', 'scalavit', 'serve', str(trained / 'scala'), '--replicas', '2', '--threads', '1', '--port', str(port),
-         '--profile-repeats', '3', '--max-batch-size', '8'],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, 'RAY_TMPDIR': str(temp)})
-    server.url, server.temp = f'http://127.0.0.1:{port}', temp
-    server.output = serving.read_all(server.stdout)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        assert server.poll() is None, ''.join(server.output)
-        try:
-            if httpx.get(f'{server.url}/health/ready', timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(1)
-    else:
-        server.kill()
-        raise TimeoutError(''.join(server.output))
+    server = Server(trained / 'scala', '--replicas', '2', '--threads', '1', env={'RAY_TMPDIR': str(temp)},
+                    ready_within=300)
+    server.temp = temp
     yield server
     # SIGTERM drains the replicas and shuts Ray down: the process ends cleanly and no replica is left
-    replicas = replica_pids(temp)
-    server.send_signal(signal.SIGTERM)
+    replicas = replica_pids(server)
+    server.process.send_signal(signal.SIGTERM)
     try:
-        assert server.wait(timeout=90) == 0, ''.join(server.output)
+        assert server.process.wait(timeout=90) == 0, ''.join(server.output)
     finally:
-        if server.poll() is None:
-            server.kill()
+        if server.process.poll() is None:
+            server.process.kill()
     time.sleep(2)
     assert not [pid for pid in replicas if Path(f'/proc/{pid}').exists()]
     assert not [line for line in server.output if 'Traceback' in line or 'SIGTERM received' in line], \
@@ -65,16 +48,9 @@ def ray_server(trained):
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def replica_pids(temp: Path) -> list[int]:
-    """The processes Ray runs the replicas in (titled ray::ServeReplica:APP:DEPLOYMENT)."""
-    pids = []
-    for entry in Path('/proc').iterdir():
-        try:
-            if entry.name.isdigit() and b'ServeReplica:scalavit' in (entry / 'cmdline').read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            pass
-    return pids
+def replica_pids(server: Server) -> list[int]:
+    """The processes Ray runs the server's replicas in (titled ray::ServeReplica:APP:DEPLOYMENT)."""
+    return [pid for pid, command in serving.descendants(server.process.pid).items() if 'ServeReplica' in command]
 
 
 def ray_metric(temp: Path, name: str) -> dict[str, float]:
@@ -133,15 +109,15 @@ def test_requests_through_rays_proxy_use_both_replicas_and_ray_gets_the_metrics(
 
 def test_a_killed_replica_is_replaced_and_the_service_keeps_answering(ray_server, labelled_png):
     png, label = labelled_png
-    before = replica_pids(ray_server.temp)
+    before = replica_pids(ray_server)
     assert len(before) == 2
     os.kill(before[0], signal.SIGKILL)
     answers = [r for _ in range(3) for r in burst(ray_server.url, png, 8)]
     assert sum(r.status_code == 200 for r in answers) >= 20, [r.status_code for r in answers]
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (len(replica_pids(ray_server.temp)) == 2
-                                               and before[0] not in replica_pids(ray_server.temp)):
+    while time.monotonic() < deadline and not (len(replica_pids(ray_server)) == 2
+                                               and before[0] not in replica_pids(ray_server)):
         time.sleep(1)
-    assert len(replica_pids(ray_server.temp)) == 2 and before[0] not in replica_pids(ray_server.temp)
+    assert len(replica_pids(ray_server)) == 2 and before[0] not in replica_pids(ray_server)
     answer = httpx.post(f'{ray_server.url}/predict', content=png, headers={'Content-Type': 'image/png'}, timeout=30)
     assert answer.status_code == 200 and answer.json()['top5'][0]['label'] == label
