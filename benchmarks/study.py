@@ -27,6 +27,7 @@ from PIL import Image
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
+from scalavit.checkpoint import load_checkpoint  # noqa: E402
 from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST, read_fashion_mnist  # noqa: E402
 from scalavit.evaluate import cpu_name, evaluate  # noqa: E402
 from scalavit.files import write_atomically, write_text_atomically  # noqa: E402
@@ -103,7 +104,7 @@ def _finished(output: Path, config: TrainConfig) -> Optional[str]:
     """'weights' when the run's checkpoint is at the end of its budget, 'record' when only its kept configuration
     and log are here and reached it, None when it has still to train."""
     if (output / 'last.pt').exists():
-        checkpoint = torch.load(output / 'last.pt', weights_only=False)
+        checkpoint = load_checkpoint(output)
         done = checkpoint['epoch'] >= config.epochs or checkpoint['step'] >= (config.max_steps or float('inf'))
         return 'weights' if done else None
     return 'record' if log_finished(output, dataclasses.asdict(config)) else None

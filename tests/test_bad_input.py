@@ -1,4 +1,6 @@
 """Every command's bad input ends in one line naming the problem, exit status 2, no traceback, nothing lost."""
+import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,8 +28,44 @@ def write(path, text):
     return path
 
 
+class _RunsCommand:
+    """Unpickling this runs a shell command: what a .pth from anywhere can hold."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f'touch {shlex.quote(self.marker)}',)
+
+
+def code_running_pickle(folder, name='evil.pth'):
+    """A checkpoint whose loading, if it unpickled arbitrary objects, would create ``folder/pwned``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({'model': {'weight': torch.zeros(1)}, 'config': {}, 'payload': _RunsCommand(folder / 'pwned')},
+               folder / name)
+    return folder / name
+
+
+RUNS_CODE = 'that loading would have to run as code'
+
 # (arguments given the trained runs T and a scratch folder S, what the message must say)
 CASES = {
+    'eval a pickle that runs code': (lambda T, S: ['eval', code_running_pickle(S)], RUNS_CODE),
+    'export a pickle that runs code': (lambda T, S: ['export', code_running_pickle(S), '--width', '0.5',
+                                                     '--output', S / 'out'], RUNS_CODE),
+    'pick a pickle that runs code': (lambda T, S: ['pick', code_running_pickle(S), '--macs', '1e6'], RUNS_CODE),
+    'serve a pickle that runs code': (lambda T, S: ['serve', code_running_pickle(S)], RUNS_CODE),
+    'train --init a pickle that runs code': (lambda T, S: ['train', '--output', S / 'run', '--init',
+                                                           code_running_pickle(S)], RUNS_CODE),
+    'train --teacher a pickle that runs code': (
+        lambda T, S: ['train', '--output', S / 'run', '--teacher', code_running_pickle(S),
+                      '--model', 'scala_vit_mini_distilled_patch7_28'], RUNS_CODE),
+    'train --resume a pickle that runs code': (lambda T, S: ['train', '--resume', code_running_pickle(S / 'evil',
+                                                                                                      'last.pt')],
+                                               RUNS_CODE),
+    'train --init a corrupt safetensors file': (lambda T, S: ['train', '--output', S / 'run', '--init',
+                                                              write(S / 'w.safetensors', 'not safetensors')],
+                                                'is not a readable safetensors file'),
     'train off-grid eval width': (lambda T, S: ['train', '--output', S / 'run', '--eval-widths', '0.3'],
                                   '--eval-widths 0.3 is not a width of the model trained here'),
     'train zero epochs': (lambda T, S: ['train', '--output', S / 'run', '--epochs', '0'],
@@ -100,6 +138,15 @@ def test_bad_input_is_one_line_naming_the_problem(case, trained, tmp_path, capsy
     assert message in one_line_error(capsys.readouterr().err, argv[0])
     assert {p: p.stat().st_mtime_ns for p in trained.rglob('*') if p.is_file()} == before
     assert not (tmp_path / 'run' / 'last.pt').exists()
+    assert not list(tmp_path.rglob('pwned')), 'a checkpoint ran code when loaded'
+
+
+def test_trust_checkpoint_is_what_lets_a_pickle_run(tmp_path, capsys):
+    """The refusal above comes from loading with weights_only, not from the file being unusable: trusted, it runs."""
+    evil = code_running_pickle(tmp_path)
+    assert main(['eval', str(evil), '--trust-checkpoint']) == 2
+    assert (tmp_path / 'pwned').exists()
+    assert RUNS_CODE not in one_line_error(capsys.readouterr().err, 'eval')
 
 
 def test_resuming_over_another_run_is_refused_and_loses_nothing(trained, tmp_path, capsys):

@@ -228,7 +228,7 @@ def two_scala_steps(run, output, *flags):
                  '--epochs', '1', '--max-steps', '2', '--full-warmup-epochs', '0', '--eval-widths', '1.0',
                  '--output', str(output), *flags]) == 0
     return (json.loads((output / 'log.jsonl').read_text().splitlines()[-1]),
-            torch.load(output / 'last.pt', weights_only=False)['model'])
+            torch.load(output / 'last.pt', weights_only=True)['model'])
 
 
 def test_compiled_training_takes_the_eager_steps(run, tmp_path):

@@ -71,7 +71,7 @@ def test_eval_and_compare_refuse_bad_input(trained, tmp_path, capsys):
 
 
 def test_eval_takes_a_checkpoint_in_the_authors_format(trained, tmp_path, capsys):
-    state = torch.load(trained / 'scala' / 'last.pt', weights_only=False)['model']
+    state = torch.load(trained / 'scala' / 'last.pt', weights_only=True)['model']
     torch.save({'model': state}, tmp_path / 'authors.pth')
     folder = trained / 'data'
     assert main(['eval', str(tmp_path / 'authors.pth'), '--data', str(folder), '--latency-repeats', '2']) == 2

@@ -119,7 +119,7 @@ def test_main_job_check_runs_the_job_eager_and_compiled_and_compares_them(fashio
     logs, weights = {}, {}
     for name in variants:
         logs[name] = [json.loads(line) for line in (tmp_path / f'main-{name}' / 'log.jsonl').read_text().splitlines()]
-        weights[name] = torch.load(tmp_path / f'main-{name}' / 'last.pt', weights_only=False)['model']
+        weights[name] = torch.load(tmp_path / f'main-{name}' / 'last.pt', weights_only=True)['model']
     assert [row['step'] for row in logs['eager']] == [4, 6]  # 256 images at 64: one epoch, then two Scala steps
     for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
         assert logs['regional'][1][key] == pytest.approx(logs['eager'][1][key], rel=1e-4, abs=1e-5), key

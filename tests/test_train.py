@@ -3,6 +3,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +33,7 @@ def test_training_writes_config_logs_and_checkpoints(folder, tmp_path, capsys):
     assert len(csv_lines) == 3 and csv_lines[0].startswith('epoch,step,lr,loss_full,loss_upper')
     config = json.loads((run / 'config.json').read_text())
     assert config['data'] == str(folder) and config['batch_size'] == 8
-    checkpoint = torch.load(run / 'last.pt', weights_only=False)
+    checkpoint = torch.load(run / 'last.pt', weights_only=True)
     assert set(checkpoint) >= {'model', 'optimizer', 'scheduler', 'scaler', 'epoch', 'random_states', 'config'}
     assert checkpoint['epoch'] == 2 and checkpoint['classes'] == ['class0', 'class1', 'class2']
     assert (run / 'best.pt').is_file() and not list(run.glob('.*.tmp'))
@@ -43,14 +44,29 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(folder, tmp_path):
     run_cli('--data', folder, '--output', tmp_path / 'straight', *FAST)
     # 24 images in batches of 8: stopping after 3 steps is stopping after the first of the two epochs.
     run_cli('--data', folder, '--output', tmp_path / 'halves', *FAST, '--max-steps', '3')
-    assert torch.load(tmp_path / 'halves' / 'last.pt', weights_only=False)['epoch'] == 1
+    assert torch.load(tmp_path / 'halves' / 'last.pt', weights_only=True)['epoch'] == 1
     run_cli('--resume', tmp_path / 'halves', '--max-steps', '1000')
-    straight = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=False)
-    resumed = torch.load(tmp_path / 'halves' / 'last.pt', weights_only=False)
+    straight = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)
+    resumed = torch.load(tmp_path / 'halves' / 'last.pt', weights_only=True)
     assert resumed['epoch'] == 2 and resumed['step'] == straight['step']
     for name, tensor in straight['model'].items():
         assert torch.equal(tensor, resumed['model'][name]), name
     assert [row['epoch'] for row in read_log(tmp_path / 'halves')] == [1, 2]
+
+
+def test_a_checkpoint_of_an_earlier_version_resumes_without_trusting_it(folder, tmp_path):
+    """Checkpoints used to keep NumPy's random state as an array: they still load as data and resume exactly."""
+    run_cli('--data', folder, '--output', tmp_path / 'straight', *FAST)
+    run_cli('--data', folder, '--output', tmp_path / 'halves', *FAST, '--max-steps', '3')
+    checkpoint = torch.load(tmp_path / 'halves' / 'last.pt', weights_only=True)
+    state = checkpoint['random_states']['numpy']
+    checkpoint['random_states']['numpy'] = ('MT19937', state['keys'].numpy().astype(np.uint32), state['position'],
+                                            state['has_gauss'], state['gauss'])
+    torch.save(checkpoint, tmp_path / 'halves' / 'last.pt')
+    run_cli('--resume', tmp_path / 'halves', '--max-steps', '1000')
+    straight = torch.load(tmp_path / 'straight' / 'last.pt', weights_only=True)['model']
+    resumed = torch.load(tmp_path / 'halves' / 'last.pt', weights_only=True)['model']
+    assert all(torch.equal(tensor, resumed[name]) for name, tensor in straight.items())
 
 
 def test_a_run_resumed_into_an_empty_directory_continues_there_with_its_logs(folder, tmp_path):
@@ -81,7 +97,7 @@ def test_an_existing_run_is_never_overwritten(folder, tmp_path, capsys):
 def test_every_method_and_ablation_trains(folder, tmp_path, method, extra):
     run = tmp_path / method
     run_cli('--data', folder, '--output', run, '--method', method, *FAST, '--max-steps', '4', *extra)
-    checkpoint = torch.load(run / 'last.pt', weights_only=False)
+    checkpoint = torch.load(run / 'last.pt', weights_only=True)
     if method == 'separate':
         assert checkpoint['model']['cls_token'].shape[-1] == 48  # an ordinary model of half the width
     if '1/4' in extra:
@@ -146,7 +162,7 @@ def test_an_image_that_fails_to_decode_mid_epoch_is_skipped_and_counted(folder, 
 
 def test_a_checkpoint_of_another_architecture_is_refused_by_name(folder, tmp_path, capsys):
     run_cli('--data', folder, '--output', tmp_path / 'small', *FAST[:4], '--epochs', '1', '--max-steps', '1')
-    checkpoint = torch.load(tmp_path / 'small' / 'last.pt', weights_only=False)
+    checkpoint = torch.load(tmp_path / 'small' / 'last.pt', weights_only=True)
     checkpoint['model']['blocks.0.attn.qkv.weight'] = torch.zeros(3, 3)
     torch.save(checkpoint, tmp_path / 'bad.pt')
     assert main(['train', '--data', str(folder), '--output', str(tmp_path / 'b'), '--teacher',

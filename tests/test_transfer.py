@@ -25,8 +25,8 @@ def test_quick_transfer_study_writes_its_table_and_continues_without_redoing(tmp
     assert (out / 'transfer_top1_by_width.png').read_bytes()[:4] == b'\x89PNG'
     # the target runs start from the source run; the probe changed nothing but the classifier
     assert json.loads((out / 'Scala_fine-tuned' / 'config.json').read_text())['init'] == str(out / 'source_Scala')
-    source = torch.load(out / 'source_Scala' / 'last.pt', weights_only=False)['model']
-    probe = torch.load(out / 'linear_probe' / 'last.pt', weights_only=False)['model']
+    source = torch.load(out / 'source_Scala' / 'last.pt', weights_only=True)['model']
+    probe = torch.load(out / 'linear_probe' / 'last.pt', weights_only=True)['model']
     assert torch.equal(source['blocks.0.mlp.fc1.weight'], probe['blocks.0.mlp.fc1.weight'])
     assert not torch.equal(source['head.weight'], probe['head.weight'])
     # the target classes are the other five

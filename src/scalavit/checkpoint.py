@@ -1,8 +1,17 @@
-"""Checkpoints: atomic saving, loading with errors that name what does not fit, random states."""
+"""Checkpoints: atomic saving, loading that never runs code from the file, errors that name what does not fit, and
+random states.
+
+A checkpoint is data. Every file is read with ``torch.load(weights_only=True)``, which rebuilds only tensors, plain
+containers, numbers and strings; a file that needs any other Python object is refused unless the user trusts it
+(``--trust-checkpoint``, i.e. ``trusted_checkpoints()``), because unpickling such a file can run any command.
+"""
+import contextlib
+import hashlib
 import math
+import pickle
 import random
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import timm
@@ -12,16 +21,65 @@ from .files import write_atomically
 from .model import SlimmableVisionTransformer
 
 
-def load_checkpoint(path: str, map_location='cpu') -> dict:
+class UntrustedCheckpoint(ValueError):
+    """A file that only unpickling arbitrary Python objects (running code) could load."""
+
+
+# NumPy arrays of numbers: the NumPy random state that scalavit's checkpoints held before it was kept as tensors.
+_NUMPY_ARRAY_GLOBALS = [np.dtype, np.ndarray, np.dtypes.UInt32DType, np._core.multiarray._reconstruct]
+_trusted = False
+
+
+@contextlib.contextmanager
+def trusted_checkpoints(trusted: bool = True) -> Iterator[None]:
+    """Within this block, files are loaded with full unpickling (``--trust-checkpoint``): only for files the user
+    trusts, since unpickling can run any code."""
+    global _trusted
+    before, _trusted = _trusted, trusted
+    try:
+        yield
+    finally:
+        _trusted = before
+
+
+def read_torch_file(path: Path) -> Any:
+    """``torch.load`` of a file from anywhere, on the CPU, never running code from it unless trusted."""
+    try:
+        if _trusted:
+            return torch.load(path, map_location='cpu', weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            return torch.load(path, map_location='cpu', weights_only=True)
+    except pickle.UnpicklingError as error:
+        if 'Weights only load failed' not in str(error):
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({error})") from None
+        raise UntrustedCheckpoint(
+            f"{path} holds Python objects ({_unsafe_globals(path)}) that loading would have to run as code, which a "
+            "file from elsewhere must never do; if you trust this file and where it came from, add "
+            "--trust-checkpoint") from None
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({_first_line(error)})") from None
+
+
+def _unsafe_globals(path: Path) -> str:
+    allowed = {f'{g.__module__}.{g.__qualname__}' for g in _NUMPY_ARRAY_GLOBALS}
+    try:
+        names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path) if n not in allowed]
+    except Exception:  # an old (non-zip) file: the names are not listed without unpickling
+        return 'objects other than tensors'
+    return ', '.join(names[:3]) + (' ...' if len(names) > 3 else '') if names else 'objects other than tensors'
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def load_checkpoint(path: str) -> dict:
     path = Path(path)
     if path.is_dir():
         path = path / 'last.pt'
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({error})") from error
+    checkpoint = read_torch_file(path)
     if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'config' not in checkpoint:
         raise ValueError(f"{path} is not a scalavit training checkpoint (expected the keys 'model' and 'config')")
     return checkpoint
@@ -76,7 +134,11 @@ def save_atomically(obj: Any, path: Path) -> None:
 
 
 def random_states() -> dict:
-    states = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+    """Python's, NumPy's (as tensors: plain data) and torch's random states."""
+    _, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy = dict(keys=torch.from_numpy(keys.astype(np.int64)), position=int(position), has_gauss=int(has_gauss),
+                 gauss=float(gauss))
+    states = dict(python=random.getstate(), numpy=numpy, torch=torch.get_rng_state())
     if torch.cuda.is_available():
         states['cuda'] = torch.cuda.get_rng_state_all()
     return states
@@ -84,10 +146,24 @@ def random_states() -> dict:
 
 def set_random_states(states: dict) -> None:
     random.setstate(states['python'])
-    np.random.set_state(states['numpy'])
+    numpy = states['numpy']
+    if isinstance(numpy, dict):
+        numpy = ('MT19937', numpy['keys'].numpy().astype(np.uint32), numpy['position'], numpy['has_gauss'],
+                 numpy['gauss'])
+    np.random.set_state(numpy)
     torch.set_rng_state(states['torch'])
     if 'cuda' in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states['cuda'])
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model's weights (names, shapes, dtypes and values): which weights a report measured."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f'{name}:{tuple(tensor.shape)}:{tensor.dtype};'.encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b'')
+    return digest.hexdigest()
 
 
 # The reference code's DeiT sizes: embedding width -> (name, heads).
@@ -102,10 +178,7 @@ def load_model(path: str, model_name: Optional[str] = None) -> tuple[SlimmableVi
     candidate = path / 'last.pt' if path.is_dir() else path
     if not candidate.is_file():
         raise FileNotFoundError(f"checkpoint {candidate} does not exist")
-    try:
-        checkpoint = torch.load(candidate, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise ValueError(f"{candidate} is not a readable PyTorch checkpoint ({error})") from error
+    checkpoint = read_torch_file(candidate)
     if isinstance(checkpoint, dict) and 'config' in checkpoint and 'model_kwargs' in checkpoint:
         if model_name and model_name != checkpoint['config']['model']:
             raise ValueError(f"{candidate} holds a {checkpoint['config']['model']}, not a {model_name}")
@@ -113,7 +186,8 @@ def load_model(path: str, model_name: Optional[str] = None) -> tuple[SlimmableVi
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{candidate} holds neither a scalavit checkpoint nor a state dict of timm DeiT parameters")
-    model = timm.create_model(model_name or _infer_architecture(state, candidate), **_shape_args(state, candidate),
+    shape_args = _shape_args(state, candidate)  # first: it names a missing parameter
+    model = timm.create_model(model_name or _infer_architecture(state, candidate), **shape_args,
                               norm_eps=1e-5)  # the authors' checkpoints were trained with 1e-5
     load_weights(model, state, str(candidate))
     return model, {}

@@ -9,7 +9,7 @@ from pathlib import Path
 import timm
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import load_model, trusted_checkpoints
 from .compiled import CompileError
 from .config import TrainConfig, option_kind, parse_number, read_config_file
 from .evaluate import count_macs, count_params, evaluate, evaluation_set, median_ms, time_call
@@ -73,6 +73,12 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resume', help='continue the run in this directory (or from this last.pt)')
 
 
+def _add_trust_option(parser: argparse.ArgumentParser, files: str) -> None:
+    parser.add_argument('--trust-checkpoint', action='store_true', default=False,
+                        help=f'load {files} even where that means unpickling Python objects, which can run any code: '
+                             'only for files you trust (by default only tensors and plain data are loaded)')
+
+
 def _add_compile_options(parser: argparse.ArgumentParser, serving: bool = False) -> None:
     how = ("torch.compile with inductor's C++ wrapper on the CPU, which releases the GIL; AOTInductor on CUDA" if serving
            else 'torch.export + AOTInductor')
@@ -83,7 +89,8 @@ def _add_compile_options(parser: argparse.ArgumentParser, serving: bool = False)
 
 
 def _train(args: argparse.Namespace) -> None:
-    options = {k: v for k, v in vars(args).items() if k not in ('command', 'run', 'config', 'resume')}
+    options = {k: v for k, v in vars(args).items()
+               if k not in ('command', 'run', 'config', 'resume', 'trust_checkpoint')}
     values = {}
     if args.resume:
         values = resumed_config(args.resume)
@@ -240,7 +247,7 @@ def _serve_on_ray(args: argparse.Namespace, settings, backend: str, scaling: dic
         raise ValueError(f"replicas must be at least 1 (--min-replicas at least 0), got {scaling}")
     options = dict(checkpoint=args.checkpoint, **dataclasses.asdict(settings), **scaling, device=args.device,
                    model=args.model, backend=backend, compile_cache=args.compile_cache, data=args.data,
-                   threads=args.threads, drain_timeout=args.drain_timeout)
+                   threads=args.threads, drain_timeout=args.drain_timeout, trust_checkpoint=args.trust_checkpoint)
     run_local(options, args.host, args.port)
 
 
@@ -262,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         description='Train with Scala (default), the US-Net baseline or Separate Training. With no options: the '
                     'built-in default, Scala on Fashion-MNIST.', argument_default=argparse.SUPPRESS)
     _add_train_options(training)
+    _add_trust_option(training, '--init, --teacher and --resume files')
     training.set_defaults(run=_train, config=None, resume=None)
 
     evaluation = commands.add_parser(
@@ -276,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument('--latency-repeats', type=int, default=50, help='timed batch-1 calls per width')
     evaluation.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(evaluation)
+    _add_trust_option(evaluation, 'the checkpoints')
     evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser('compare', help='draw several evaluated runs on one plot and one table')
@@ -299,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument('--data', help='images to check the export on (default: the training data; random inputs '
                                        'for an authors\' checkpoint)')
     export.add_argument('--images', type=int, default=256, help='how many images to check on')
+    _add_trust_option(export, 'the checkpoint')
     export.set_defaults(run=_export)
 
     pick = commands.add_parser('pick', help='the most accurate width that fits a latency, MACs or parameter budget',
@@ -315,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     pick.add_argument('--repeats', type=int, default=30, help='timed calls per width when measuring latency')
     _add_compile_options(pick)
+    _add_trust_option(pick, 'the checkpoint')
     pick.set_defaults(run=_pick)
 
     serve = commands.add_parser(
@@ -355,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
     serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(serve, serving=True)
+    _add_trust_option(serve, 'the checkpoint')
     scale = serve.add_argument_group('scale-out on Ray Serve (pip install scalavit[ray]): replicas behind Ray\'s proxy')
     scale.add_argument('--replicas', type=int, help='replicas, each with its own model, batcher and profile')
     scale.add_argument('--min-replicas', type=int, help='autoscale on ongoing requests between these bounds')
@@ -375,7 +387,8 @@ def _one_line(error: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        with trusted_checkpoints(getattr(args, 'trust_checkpoint', False)):
+            args.run(args)
     except (ValueError, OSError, CompileError) as error:
         print(f"scalavit {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2

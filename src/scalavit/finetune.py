@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.models import adapt_input_conv
 
+from .checkpoint import read_torch_file
 from .model import SlimmableVisionTransformer
 
 # The paper's Table 8: a pretrained DeiT-S fine-tuned into a slimmable model, against Scala trained from scratch.
@@ -36,11 +37,15 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], bool]:
     checkpoint)."""
     path = _source_file(source)
     if path.suffix == '.safetensors':
-        return load_file(path), False
+        try:
+            return load_file(path), False
+        except Exception as error:  # safetensors raises its own SafetensorError for a corrupt or truncated file
+            raise ValueError(f"--init {source}: {path} is not a readable safetensors file ({error}); export it "
+                             "again or give another file") from None
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=False)
-    except Exception as error:
-        raise ValueError(f"--init {source}: {path} is not a readable PyTorch checkpoint ({error})") from None
+        checkpoint = read_torch_file(path)
+    except ValueError as error:
+        raise type(error)(f"--init {source}: {error}") from None
     if isinstance(checkpoint, dict) and 'config' in checkpoint and 'model_kwargs' in checkpoint:
         return checkpoint['model'], True
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None

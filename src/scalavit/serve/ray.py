@@ -22,6 +22,7 @@ from pydantic import TypeAdapter, ValidationError
 from ray import serve
 from ray.serve import metrics as ray_metrics
 
+from ..checkpoint import trusted_checkpoints
 from .app import create_app
 from .metrics import LATENCY_BUCKETS, Metrics
 from .runner import Runner
@@ -30,7 +31,7 @@ from .service import Service, Settings
 log = logging.getLogger('scalavit.serve')
 
 RUNNER_OPTIONS = {'device': 'cpu', 'model': None, 'backend': 'eager', 'compile_cache': None, 'data': None,
-                  'threads': None, 'drain_timeout': 10.0}
+                  'threads': None, 'drain_timeout': 10.0, 'trust_checkpoint': False}
 SCALING_OPTIONS = ('replicas', 'min_replicas', 'max_replicas')
 
 
@@ -87,10 +88,12 @@ class ScalaVitReplica:
         if options['threads']:
             torch.set_num_threads(options['threads'])
         logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
-        runner = Runner(checkpoint, options['device'], options['model'], backend=options['backend'],
-                        compile_cache=options['compile_cache'])
+        with trusted_checkpoints(options['trust_checkpoint']):
+            runner = Runner(checkpoint, options['device'], options['model'], backend=options['backend'],
+                            compile_cache=options['compile_cache'])
+            accuracies = runner.accuracies(options['data'])
         self.drain_timeout = options['drain_timeout']
-        self.service = Service(runner, settings, runner.accuracies(options['data']), RayMetrics(runner.widths))
+        self.service = Service(runner, settings, accuracies, RayMetrics(runner.widths))
         self.service.prepare()
         if self.service.error:
             raise RuntimeError(f"the replica could not prepare its model: {self.service.error}")
@@ -123,6 +126,7 @@ def parse_arguments(args: dict[str, Any]) -> tuple[str, Settings, dict[str, Any]
         options = {k: type(default)(args[k]) if default is not None and k in args else args.get(k, default)
                    for k, default in RUNNER_OPTIONS.items()}
         options['threads'] = int(options['threads']) if options['threads'] else None
+        options['trust_checkpoint'] = str(options['trust_checkpoint']).lower() in ('true', '1', 'yes')
     except (ValidationError, ValueError, TypeError) as error:
         raise ValueError(f"bad argument: {' '.join(str(error).split())}") from None
     return checkpoint, settings, options, scaling
