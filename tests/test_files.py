@@ -1,11 +1,13 @@
 import os
 import stat
+import subprocess
 
 import pytest
 import torch
 
 from scalavit import files
 from scalavit.checkpoint import save_atomically
+from scalavit.cli import main
 from scalavit.report import write_report
 
 
@@ -77,3 +79,38 @@ def test_a_staged_folder_is_flushed_then_replaces_the_old_one_whole(tmp_path, mo
     assert [p.name for p in (tmp_path / 'out').iterdir()] == ['model.safetensors']
     assert [p.name for p in tmp_path.iterdir()] == ['out']
     assert stat.S_IMODE((tmp_path / 'out').stat().st_mode) == 0o755
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs), so that writes fill it as a full disk does."""
+    mount = tmp_path / 'disk'
+    mount.mkdir()
+    result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount)], capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({result.stderr.decode().strip()}); needs root")
+    yield mount
+    subprocess.run(['umount', '-l', str(mount)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_the_previous_file_stays(small_disk):
+    path = small_disk / 'last.pt'
+    save_atomically({'step': 1, 'weights': torch.ones(1000)}, path)
+    with pytest.raises(files.NoSpaceLeft, match=f'no space left on device writing {path}; {path} is as it was'):
+        save_atomically({'step': 2, 'weights': torch.ones(2_000_000)}, path)  # 8 MB
+    assert torch.load(path, weights_only=True)['step'] == 1
+    assert [p.name for p in small_disk.iterdir()] == ['last.pt']
+
+
+def test_training_and_export_onto_a_full_disk_end_in_one_line(trained, small_disk, capsys):
+    (small_disk / 'filler').write_bytes(b'x' * (3 * 2 ** 20))  # room for config.json and logs, not a checkpoint
+    assert main(['train', '--resume', str(trained / 'scala'), '--output', str(small_disk / 'run'),
+                 '--epochs', '3']) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the epoch's progress bar
+    assert error.startswith('scalavit train: error: no space left on device writing')
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    (small_disk / 'filler2').write_bytes(b'x' * (free - 64 * 1024))  # room for less than the export
+    assert main(['export', str(trained / 'scala'), '--width', '0.5', '--output', str(small_disk / 'export')]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith('scalavit export: error: no space left on device writing') and '\n' not in error
+    assert not (small_disk / 'export').exists()

@@ -3,6 +3,9 @@ import shutil
 
 import pytest
 
+import torch
+
+from scalavit.checkpoint import weights_digest
 from scalavit.cli import main
 from scalavit.pick import choose
 
@@ -46,3 +49,28 @@ def test_pick_measures_latency_at_another_batch_and_says_when_nothing_fits(train
 def test_pick_needs_exactly_one_budget(trained):
     with pytest.raises(SystemExit):
         main(['pick', str(trained / 'scala')])
+
+
+def test_a_report_of_other_weights_is_not_used(trained, tmp_path, capsys):
+    """results.json measured an earlier checkpoint of the run (e.g. `eval` while it trained): pick evaluates again."""
+    run = tmp_path / 'run'
+    shutil.copytree(trained / 'scala', run)
+    assert main(['eval', str(run), '--latency-repeats', '2']) == 0
+    report = json.loads((run / 'results.json').read_text())
+    for row in report['rows']:
+        row['top1'] = 99.0 if row['width'] == 0.5 else 1.0
+    (run / 'results.json').write_text(json.dumps(report))
+    checkpoint = torch.load(run / 'last.pt', weights_only=True)
+    checkpoint['model']['head.bias'] += 1.0  # the run trained on: other weights, the same shapes
+    checkpoint['step'] += 1
+    torch.save(checkpoint, run / 'last.pt')
+    capsys.readouterr()
+    assert main(['pick', str(run), '--macs', '1e12', '--repeats', '2']) == 0
+    out = capsys.readouterr().out
+    assert f"measured other weights than {run} (step {checkpoint['step'] - 1}); evaluating again" in out
+    assert 'top-1 99.00%' not in out
+    saved = json.loads((run / 'results.json').read_text())
+    assert saved['meta']['step'] == checkpoint['step']
+    assert saved['meta']['weights_sha256'] == weights_digest(checkpoint['model'])
+    assert main(['pick', str(run), '--macs', '1e12']) == 0  # the new report is of these weights: used as it is
+    assert 'evaluating again' not in capsys.readouterr().out

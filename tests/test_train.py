@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -181,3 +182,42 @@ def test_two_processes_with_gloo_end_with_identical_weights(folder, tmp_path):
     assert [row['ranks_in_sync'] for row in rows] == [True, True]
     assert rows[-1]['step'] == 2 * 3  # 24 images, 2 processes of 4: 3 steps an epoch
     assert result.stdout.count('checkpoints and logs in') == 1  # rank 0 alone reports
+
+
+def test_two_trainings_started_at_once_into_one_folder_one_is_refused(folder, tmp_path):
+    run = tmp_path / 'run'
+    command = [sys.executable, '-m', 'scalavit', 'train', '--data', str(folder), '--output', str(run), *FAST,
+               '--epochs', '3']
+    processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    results = [(*process.communicate(timeout=600), process.returncode) for process in processes]
+    assert sorted(code for _, _, code in results) == [0, 2], results
+    refused = next(stderr for _, stderr, code in results if code == 2)
+    assert 'is being written by another scalavit train (process' in refused.strip().splitlines()[-1]
+    assert 'Traceback' not in refused
+    assert [row['epoch'] for row in read_log(run)] == [1, 2, 3]
+    assert not (run / '.scalavit.lock').exists()
+
+
+def test_resuming_a_run_that_is_still_training_is_refused(folder, tmp_path, capsys):
+    run = tmp_path / 'run'
+    training = subprocess.Popen([sys.executable, '-m', 'scalavit', 'train', '--data', str(folder), '--output',
+                                 str(run), *FAST, '--epochs', '8'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (run / 'last.pt').exists() and training.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert training.poll() is None, 'the training ended before it could be resumed over'
+    assert main(['train', '--resume', str(run), '--epochs', '10']) == 2
+    assert f'(process {training.pid} on ' in capsys.readouterr().err
+    training.communicate(timeout=600)
+    assert training.returncode == 0
+    assert [row['epoch'] for row in read_log(run)] == list(range(1, 9))
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_and_said(folder, tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / '.scalavit.lock').write_text(json.dumps(dict(pid=4_000_000, host='elsewhere', since='2026-01-01T00:00:00')))
+    assert main(['train', '--data', str(folder), '--output', str(run), *FAST]) == 0
+    assert 'its lock names process 4000000 on elsewhere' in capsys.readouterr().out
+    assert (run / 'last.pt').is_file() and not (run / '.scalavit.lock').exists()

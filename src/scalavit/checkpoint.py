@@ -173,7 +173,7 @@ _DEIT_SIZES = {192: ('tiny', 3), 384: ('small', 6), 768: ('base', 12)}
 def load_model(path: str, model_name: Optional[str] = None) -> tuple[SlimmableVisionTransformer, dict]:
     """A slimmable model from a scalavit training checkpoint, or from a state dict in the authors' format
     (``{'model': state_dict, ...}`` or a bare state dict with timm DeiT names). Returns the model and the training
-    configuration (empty for an authors' checkpoint)."""
+    configuration with the checkpoint's ``step`` (empty for an authors' checkpoint)."""
     path = Path(path)
     candidate = path / 'last.pt' if path.is_dir() else path
     if not candidate.is_file():
@@ -182,7 +182,8 @@ def load_model(path: str, model_name: Optional[str] = None) -> tuple[SlimmableVi
     if isinstance(checkpoint, dict) and 'config' in checkpoint and 'model_kwargs' in checkpoint:
         if model_name and model_name != checkpoint['config']['model']:
             raise ValueError(f"{candidate} holds a {checkpoint['config']['model']}, not a {model_name}")
-        return build_model_from_checkpoint(checkpoint, str(candidate)), checkpoint['config']
+        model = build_model_from_checkpoint(checkpoint, str(candidate))
+        return model, dict(checkpoint['config'], step=checkpoint['step'])
     state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{candidate} holds neither a scalavit checkpoint nor a state dict of timm DeiT parameters")

@@ -17,7 +17,8 @@ from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from .checkpoint import build_model_from_checkpoint, check_same_classes, load_checkpoint, load_model
+from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_model,
+                         weights_digest)
 from .compiled import CompiledWidths, check_can_compile, compile_widths
 from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
 from .export import dense_state_dict
@@ -245,5 +246,13 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
     meta = dict(environment(device), method=config.get('method', 'scala'),
                 model=config.get('model', members[0].model.pretrained_cfg['architecture']), data=data,
                 images=scores.images, skipped_images=scores.skipped, checkpoints=list(map(str, paths)), latency_batch=1,
-                throughput_batch=throughput_batch, compiled=compile)
+                throughput_batch=throughput_batch, compiled=compile, **measured_weights(members, config))
     return dict(rows=rows, meta=meta)
+
+
+def measured_weights(members: list[Member], config: dict) -> dict:
+    """Which weights a report measured: the checkpoint's step and a hash of its weights (one per member of a
+    family), so that a report is never read as another checkpoint's."""
+    models = list({id(m.model): m.model for m in members}.values())
+    digests = [weights_digest(model.state_dict()) for model in models]
+    return dict(step=config.get('step'), weights_sha256=digests[0] if len(digests) == 1 else digests)

@@ -5,6 +5,7 @@ and the folder itself is flushed, so that neither a crash nor a power cut leaves
 files and folders get the modes the user's umask gives any other file (temporary files are private by default).
 """
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -30,6 +31,32 @@ def fsync_directory(folder: Path) -> None:
         os.close(fd)
 
 
+class NoSpaceLeft(OSError):
+    """The disk (or quota) filled while writing; the file written over is as it was."""
+
+
+def _out_of_space(error: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space. Writers other than Python's own files say so in their own words
+    (torch.save as a RuntimeError of its zip writer), so the folder's free space decides when the error does not."""
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    if not isinstance(error, Exception):  # Ctrl-C
+        return False
+    if 'No space left on device' in str(error):
+        return True
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 2 ** 20
+
+
+def _no_space_left(path: Path) -> NoSpaceLeft:
+    kept = f"{path} is as it was" if path.exists() else "nothing was written"
+    return NoSpaceLeft(f"no space left on device writing {path}; {kept}. Free some space (or write elsewhere) and run "
+                       "again")
+
+
 def write_atomically(path: Path, write: Callable[[Path], None], suffix: str = '.tmp') -> None:
     """Call ``write(tmp)`` to write a temporary file (named ``*suffix``, for writers that insist on an extension),
     then make it ``path`` durably and atomically."""
@@ -43,8 +70,11 @@ def write_atomically(path: Path, write: Callable[[Path], None], suffix: str = '.
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
+        full = _out_of_space(error, path.parent)
         tmp.unlink(missing_ok=True)
+        if full:
+            raise _no_space_left(path) from None
         raise
     fsync_directory(path.parent)
 
@@ -69,6 +99,12 @@ def staging_directory(output: Path) -> Iterator[Path]:
                     os.fsync(f.fileno())
         fsync_directory(staging)
         _replace_directory(staging, output)
+    except BaseException as error:
+        full = _out_of_space(error, staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if full:
+            raise _no_space_left(output) from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -4,7 +4,7 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import load_model, weights_digest
 from .compiled import check_can_compile
 from .evaluate import Member, compile_members, environment, evaluate, latency_ms
 from .report import read_report, write_report
@@ -20,16 +20,28 @@ def choose(rows: list[dict], key: str, budget: float) -> tuple[Optional[dict], d
 
 
 def saved_report(checkpoint: str, data: Optional[str], device: str, model_name: Optional[str],
-                 repeats: int = 30, compile: bool = False, compile_cache: Optional[Path] = None) -> dict:
-    """``scalavit eval``'s report beside the checkpoint; when there is none, evaluate now and save it there."""
+                 repeats: int = 30, compile: bool = False, compile_cache: Optional[Path] = None,
+                 weights: Optional[str] = None) -> dict:
+    """``scalavit eval``'s report beside the checkpoint if it measured these weights (``weights``: their
+    ``weights_digest``, computed here when not given); otherwise evaluate now, say why, and save it there."""
     run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
     try:
-        return read_report(run)
+        report = read_report(run)
     except FileNotFoundError:
-        report = evaluate([checkpoint], data, device, latency_repeats=repeats, model_name=model_name,
-                          compile=compile, compile_cache=compile_cache)
-        write_report(report, run, run.name)
-        return report
+        report = None
+    if report is not None:
+        if weights is None:
+            weights = weights_digest(load_model(checkpoint, model_name)[0].state_dict())
+        if report['meta'].get('weights_sha256') == weights:
+            return report
+        step = report['meta'].get('step')
+        print(f"{run / 'results.json'} measured other weights than {checkpoint} ("
+              f"{'step ' + str(step) if step is not None else 'an earlier version of the report, without a hash'}); "
+              "evaluating again", flush=True)
+    report = evaluate([checkpoint], data, device, latency_repeats=repeats, model_name=model_name,
+                      compile=compile, compile_cache=compile_cache)
+    write_report(report, run, run.name)
+    return report
 
 
 def rows_for(checkpoint: str, device: str, batch_size: int, data: Optional[str], model_name: Optional[str],

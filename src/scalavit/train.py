@@ -30,13 +30,14 @@ from .compiled import check_can_compile, compile_for_training
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
 from .distributed import setup_distributed
-from .files import write_text_atomically
+from .files import check_writable_directory, write_text_atomically
 from .finetune import initialize
 from .gradstats import GradientStats
 from .losses import Logits
 from .methods import Scala, Separate, USNet
 from .model import SlimmableVisionTransformer
-from .rundir import RunLog, check_output, has_checkpoint, read_log, remove_stale_temporaries, run_directory
+from .rundir import (RunFolderLock, RunLog, check_output, has_checkpoint, read_log, remove_stale_temporaries,
+                     run_directory)
 from .widths import WidthGrid, scaled
 
 
@@ -108,6 +109,15 @@ class Trainer:
         self.device = torch.device(f'cuda:{self.ddp.local_rank}' if config.device == 'cuda' and self.ddp.enabled
                                    else config.device)
         self.output = Path(config.output)
+        self.lock = self._hold_output() if self.ddp.is_main else None
+        try:
+            self._set_up(resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, resume: Optional[str]) -> None:
+        config = self.config
         resume_checkpoint = self._check_output_and_resume(resume)
         self._seed(config.seed)
 
@@ -178,11 +188,26 @@ class Trainer:
         return compile_for_training(train_model.train(), self.model.widths, example, self.autocast, self.ddp.is_main,
                                     config.compile_mode, config.compile_regional)
 
+    def _hold_output(self) -> RunFolderLock:
+        """The run directory, created if new and held by this process alone until ``close``."""
+        check_writable_directory(self.output, '--output', create=False)
+        self.created_output = not self.output.exists()
+        self.output.mkdir(parents=True, exist_ok=True)
+        return RunFolderLock(self.output, self._say)
+
+    def close(self) -> None:
+        """Let go of the run directory (removed again if this run created it and wrote nothing)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+            if self.created_output and not any(self.output.iterdir()):
+                self.output.rmdir()
+
     def _check_output_and_resume(self, resume: Optional[str]) -> Optional[dict]:
         """The checkpoint to continue from (None: start from step 0), once the output directory is known to be safe
         to write: new, empty, or the resumed run's own."""
         if self.ddp.is_main:  # only rank 0 writes there; other ranks would race with its first files
-            check_output(self.output, resume)
+            check_output(self.output, resume)  # under the lock: no other process can write there meanwhile
             if resume:
                 remove_stale_temporaries(self.output)
         if resume and has_checkpoint(resume):
@@ -244,6 +269,12 @@ class Trainer:
     # the loop
 
     def fit(self) -> dict:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict:
         config = self.config
         log = RunLog(self.output, self._log_columns())
         if self.ddp.is_main:

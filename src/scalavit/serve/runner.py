@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from timm.data import resolve_data_config
 
-from ..checkpoint import load_model
+from ..checkpoint import load_model, weights_digest
 from ..compiled import CompiledWidths, check_can_compile, compile_widths
 from ..data import build_transform
 from ..evaluate import time_call
@@ -116,7 +116,8 @@ class Runner:
 
     def accuracies(self, data: Optional[str]) -> dict[float, float]:
         """Top-1 of every width from ``scalavit eval``'s report beside the checkpoint (evaluated now if missing)."""
-        report = saved_report(self.checkpoint, data, str(self.device), self.model_name)
+        report = saved_report(self.checkpoint, data, str(self.device), self.model_name,
+                              weights=weights_digest(self.model.state_dict()))
         accuracy = {row['width']: row['top1'] for row in report['rows']}
         missing = [w for w in self.widths if w not in accuracy]
         if missing:
