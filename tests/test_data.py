@@ -1,9 +1,15 @@
 import gzip
+import shutil
+import zlib
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 
-from scalavit.data import FashionMNIST, build_datasets, collate_readable, read_fashion_mnist
+from conftest import make_image_folder
+from scalavit.data import (FashionMNIST, SkipUnreadable, build_datasets, collate_readable, describe,
+                           read_fashion_mnist)
 
 
 def write_idx(path, magic, shape, payload):
@@ -59,3 +65,59 @@ def test_collate_drops_unreadable_samples_and_counts_them():
     images, targets, skipped = collate_readable(batch)
     assert images.shape == (2, 1, 2, 2) and targets.tolist() == [1, 0] and skipped == 1
     assert collate_readable([None, None]) == (None, None, 2)
+
+
+def same(image):
+    return image
+
+
+def png_header_only(path, width, height):
+    """A PNG that claims ``width`` x ``height`` pixels: what Pillow's decompression-bomb check reads."""
+    def chunk(kind, data):
+        return len(data).to_bytes(4, 'big') + kind + data + zlib.crc32(kind + data).to_bytes(4, 'big')
+    header = width.to_bytes(4, 'big') + height.to_bytes(4, 'big') + bytes([8, 0, 0, 0, 0])
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\0' * 64))
+                     + chunk(b'IEND', b''))
+
+
+def test_hidden_folders_and_files_are_never_classes_or_images(tmp_path):
+    root = make_image_folder(tmp_path / 'data')
+    for split in ('train', 'val'):
+        (root / split / '.ipynb_checkpoints').mkdir()
+        shutil.copy(root / split / 'class0' / '0.png', root / split / '.ipynb_checkpoints' / '0.png')
+        shutil.copy(root / split / 'class0' / '0.png', root / split / 'class0' / '.0-checkpoint.png')
+        (root / split / 'class1' / '.DS_Store').mkdir()
+    train_set, eval_set, classes = build_datasets(str(root), same, same, in_chans=1)
+    assert classes == ['class0', 'class1', 'class2']
+    assert len(train_set) == 24 and len(eval_set) == 12
+
+
+def test_links_are_followed_but_each_image_counts_once(tmp_path):
+    root = make_image_folder(tmp_path / 'data')
+    (root / 'train' / 'class1' / 'loop').symlink_to('.')  # a link loop: the class's 8 images again and again
+    (root / 'train' / 'class2' / 'again.png').symlink_to(root / 'train' / 'class2' / '0.png')
+    (root / 'train' / 'class2' / 'linked').symlink_to(tmp_path / 'more')  # a linked folder of new images
+    (tmp_path / 'more').mkdir()
+    shutil.copy(root / 'val' / 'class2' / '0.png', tmp_path / 'more' / 'extra.png')
+    train_set, _, _ = build_datasets(str(root), same, same, in_chans=1)
+    counts = Counter(target for _, target in train_set.samples)
+    assert counts == {0: 8, 1: 8, 2: 9}
+    assert train_set.duplicates == 9  # 8 through the loop, 1 second link
+    assert describe('training', train_set) == 'training: 25 images (9 duplicate path(s) to the same files dropped)'
+
+
+def test_a_class_in_one_split_only_is_named(tmp_path):
+    root = make_image_folder(tmp_path / 'data')
+    shutil.copytree(root / 'train' / 'class2', root / 'train' / 'sandal')
+    with pytest.raises(ValueError, match=r"must hold the same class folders: 'sandal' only in .*train"):
+        build_datasets(str(root), same, same, in_chans=1)
+
+
+def test_a_decompression_bomb_in_a_folder_is_skipped_as_unreadable(tmp_path):
+    root = make_image_folder(tmp_path / 'data')
+    png_header_only(root / 'train' / 'class0' / 'bomb.png', 30000, 30000)  # 900 M pixels: over twice the limit
+    png_header_only(root / 'train' / 'class1' / 'big.png', 10000, 10000)  # 100 M: over the limit, under twice
+    train_set, _, _ = build_datasets(str(root), same, same, in_chans=1)
+    readable = SkipUnreadable(train_set)
+    dropped = [path for i, (path, _) in enumerate(train_set.samples) if readable[i] is None]
+    assert sorted(Path(path).name for path in dropped) == ['big.png', 'bomb.png']

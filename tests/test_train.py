@@ -221,3 +221,14 @@ def test_a_lock_left_by_a_killed_run_is_taken_over_and_said(folder, tmp_path, ca
     assert main(['train', '--data', str(folder), '--output', str(run), *FAST]) == 0
     assert 'its lock names process 4000000 on elsewhere' in capsys.readouterr().out
     assert (run / 'last.pt').is_file() and not (run / '.scalavit.lock').exists()
+
+
+def test_training_says_what_it_found_and_keeps_the_data_folder_from_anywhere(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(folder.parent)
+    run_cli('--data', folder.name, '--output', tmp_path / 'run', *FAST)  # a relative --data
+    assert f"{folder}: 3 classes; training: 24 images; evaluation: 12 images" in capsys.readouterr().out
+    assert json.loads((tmp_path / 'run' / 'config.json').read_text())['data'] == str(folder)
+    (tmp_path / 'elsewhere').mkdir()
+    monkeypatch.chdir(tmp_path / 'elsewhere')
+    assert main(['eval', str(tmp_path / 'run'), '--latency-repeats', '2']) == 0
+    assert f"{folder}: 3 classes; evaluation: 12 images" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 """Datasets: the built-in Fashion-MNIST (Debian package ``dataset-fashion-mnist``) and image folders."""
 import gzip
+import os
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -10,8 +11,10 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from tqdm import tqdm
 
-from .images import to_mode
+from .images import ImageTooLarge, to_mode
 
 FASHION_MNIST_ROOT = Path('/usr/share/datasets/fashion-mnist')
 _FASHION_MNIST_FILES = {'train': 'train', 'test': 't10k'}
@@ -81,8 +84,12 @@ class SkipUnreadable(Dataset):
     def __getitem__(self, index: int):
         try:
             return self.dataset[index]
-        except (OSError, SyntaxError, ValueError):  # PIL's UnidentifiedImageError is an OSError
+        except UNREADABLE:
             return None
+
+
+# PIL's UnidentifiedImageError is an OSError; its DecompressionBombError (over twice Image.MAX_IMAGE_PIXELS) is not.
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def collate_readable(batch: list) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], int]:
@@ -95,18 +102,66 @@ def collate_readable(batch: list) -> tuple[Optional[torch.Tensor], Optional[torc
     return images, targets, skipped
 
 
-def image_folder(root: Path, transform: Callable, in_chans: int) -> ImageFolder:
+class ImageFolderSet(ImageFolder):
+    """torchvision's ``ImageFolder`` as its user sees the folder: names starting with a dot (``.ipynb_checkpoints``,
+    ``.DS_Store``) are never classes or images, and links are followed but every file counts once, however many
+    paths (a link loop, two links to one image) reach it; ``duplicates`` says how many paths were dropped."""
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and not entry.name.startswith('.'))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+    def make_dataset(self, directory: str, class_to_idx: dict[str, int], extensions=None, is_valid_file=None,
+                     allow_empty: bool = False) -> list[tuple[str, int]]:
+        samples, seen, self.duplicates = [], set(), 0
+        with tqdm(desc=f'scanning {directory}', unit=' files', delay=2, leave=False) as bar:
+            for name, index in sorted(class_to_idx.items(), key=lambda item: item[1]):
+                found = self._class_files(os.path.join(directory, name), seen, bar)
+                if not found and not allow_empty:
+                    raise FileNotFoundError(f"Found no valid file for the classes {name}. Supported extensions are: "
+                                            f"{', '.join(IMG_EXTENSIONS)}")
+                samples.extend((path, index) for path in found)
+        return samples
+
+    def _class_files(self, folder: str, seen: set[str], bar: tqdm) -> list[str]:
+        found, folders_seen = [], set()
+        for root, folders, files in os.walk(folder, followlinks=True):
+            folders[:] = sorted(name for name in folders if not name.startswith('.'))
+            images = sorted(name for name in files if not name.startswith('.')
+                            and has_file_allowed_extension(name, IMG_EXTENSIONS))
+            if os.path.realpath(root) in folders_seen:  # a link back to a folder already walked: a loop
+                folders[:] = []
+                self.duplicates += len(images)
+                continue
+            folders_seen.add(os.path.realpath(root))
+            for name in images:
+                path = os.path.join(root, name)
+                real = os.path.realpath(path)
+                if real in seen:
+                    self.duplicates += 1
+                else:
+                    seen.add(real)
+                    found.append(path)
+            bar.update(len(images))
+        return found
+
+
+def image_folder(root: Path, transform: Callable, in_chans: int) -> ImageFolderSet:
     """``root/<class>/<image>``. A missing folder, no classes, or a file that is not an image is an error now; an
-    image whose data turns out corrupt while decoding is skipped during training (``SkipUnreadable``)."""
+    image whose data turns out corrupt (or too large) while decoding is skipped and counted (``SkipUnreadable``)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class name>/<images>")
     mode = 'L' if in_chans == 1 else 'RGB'
     try:
-        dataset = ImageFolder(str(root), transform=transform, loader=partial(_load_image, mode=mode))
+        dataset = ImageFolderSet(str(root), transform=transform, loader=partial(_load_image, mode=mode))
     except FileNotFoundError as error:  # torchvision's words for "no class folders" or "no images"
         raise ValueError(f"image folder {root} has no usable classes: {error}. Expected {root}/<class>/<image files>")
-    unreadable = [path for path, _ in dataset.samples if not _has_image_header(path)]
+    paths = tqdm([path for path, _ in dataset.samples], desc=f'checking {root}', unit=' images', delay=2, leave=False)
+    unreadable = [path for path in paths if not _has_image_header(path)]
     if unreadable:
         raise ValueError(f"{len(unreadable)} file(s) under {root} are not readable images, e.g. "
                          f"{', '.join(unreadable[:3])}; fix or remove them before training")
@@ -116,17 +171,30 @@ def image_folder(root: Path, transform: Callable, in_chans: int) -> ImageFolder:
 def _load_image(path: str, mode: str) -> Image.Image:
     with open(path, 'rb') as f:
         image = Image.open(f)
+        width, height = image.size
+        if width * height > Image.MAX_IMAGE_PIXELS:  # decoding it would take gigabytes: skipped as unreadable
+            raise ImageTooLarge(f"{path} is {width}x{height} pixels, over Pillow's limit of {Image.MAX_IMAGE_PIXELS}")
         image.load()
         return to_mode(image, mode)  # as the server converts: 16-bit and float images scaled, not clipped
 
 
 def _has_image_header(path: str) -> bool:
-    """Whether PIL recognises the file (reads the header only: fast enough for ImageNet's 1.3 M files)."""
+    """Whether PIL recognises the file (reads the header only: fast enough for ImageNet's 1.3 M files). A
+    decompression bomb has a valid header: it is skipped when decoded."""
     try:
         with Image.open(path):
             return True
+    except Image.DecompressionBombError:
+        return True
     except (OSError, SyntaxError, ValueError):
         return False
+
+
+def describe(name: str, dataset: Dataset) -> str:
+    """'train: 24 images' (and, for an image folder, the duplicate paths it dropped)."""
+    duplicates = getattr(dataset, 'duplicates', 0)
+    dropped = f" ({duplicates} duplicate path(s) to the same files dropped)" if duplicates else ''
+    return f"{name}: {len(dataset):,} images{dropped}"
 
 
 def build_transform(data_config: dict, train: bool, auto_augment: Optional[str] = None, re_prob: float = 0.,
@@ -156,10 +224,17 @@ def build_datasets(data: str, train_transform: Callable, eval_transform: Callabl
     if root is not None:
         return FashionMNIST('train', train_transform, root), eval_set, classes
     train_set = image_folder(Path(data) / 'train', train_transform, in_chans)
-    if train_set.classes != classes:
-        raise ValueError(f"{data}/train and {data}/val have different classes: "
-                         f"{sorted(set(train_set.classes) ^ set(classes))[:5]} are in only one of them")
+    check_same_split_classes(Path(data), train_set.classes, classes)
     return train_set, eval_set, classes
+
+
+def check_same_split_classes(root: Path, train: list[str], val: list[str]) -> None:
+    only_train, only_val = sorted(set(train) - set(val)), sorted(set(val) - set(train))
+    if only_train or only_val:
+        where = [f"{', '.join(map(repr, names[:4]))}{' ...' if len(names) > 4 else ''} only in {root / split}"
+                 for names, split in ((only_train, 'train'), (only_val, 'val')) if names]
+        raise ValueError(f"{root}/train and {root}/val must hold the same class folders: {'; '.join(where)}; add "
+                         "or remove class folders so that both splits agree")
 
 
 def build_eval_dataset(data: str, transform: Callable, in_chans: int) -> tuple[Dataset, list[str]]:

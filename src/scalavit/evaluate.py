@@ -16,11 +16,12 @@ import torch
 from timm.data import resolve_data_config
 from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from tqdm import tqdm
 
 from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_model,
                          weights_digest)
 from .compiled import CompiledWidths, check_can_compile, compile_widths
-from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable
+from .data import SkipUnreadable, build_eval_dataset, build_transform, collate_readable, describe
 from .export import dense_state_dict
 from .model import SlimmableVisionTransformer
 
@@ -155,7 +156,7 @@ def accuracy(members: list[Member], loader: DataLoader, device: torch.device) ->
     k = min(5, num_classes)
     correct = np.zeros((len(members), 2))
     total = skipped = 0
-    for images, targets, dropped in loader:
+    for images, targets, dropped in tqdm(loader, desc='evaluating', delay=2, leave=False):
         skipped += dropped
         if images is None:
             continue
@@ -212,7 +213,7 @@ def environment(device: torch.device) -> dict:
 def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', batch_size: int = 256,
              workers: int = 1, latency_repeats: int = 50, throughput_batch: int = 64,
              throughput_repeats: int = 10, model_name: Optional[str] = None, compile: bool = False,
-             compile_cache: Optional[Path] = None) -> dict:
+             compile_cache: Optional[Path] = None, log: Callable[[str], None] = print) -> dict:
     """The evaluation report of one slimmable checkpoint or one family: ``{'rows': [...], 'meta': {...}}``.
     ``compile``: every width measured (accuracy, latency, throughput) as compiled by ``compile_widths``."""
     device = torch.device(device)
@@ -223,6 +224,7 @@ def evaluate(paths: list[str], data: Optional[str] = None, device: str = 'cpu', 
     if data is None:
         raise ValueError(f"{paths[0]} does not say what it was trained on; name the evaluation data with --data")
     dataset, classes = evaluation_set(members[0].model, data)
+    log(f"{data}: {len(classes)} classes; {describe('evaluation', dataset)}")
     if len(classes) != members[0].model.num_classes:
         raise ValueError(f"--data {data} has {len(classes)} classes, the checkpoint predicts "
                          f"{members[0].model.num_classes}")

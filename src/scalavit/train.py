@@ -28,7 +28,7 @@ from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_c
                          random_states, save_atomically, set_random_states)
 from .compiled import check_can_compile, compile_for_training
 from .config import TrainConfig
-from .data import SkipUnreadable, build_datasets, build_transform, collate_readable
+from .data import SkipUnreadable, build_datasets, build_transform, collate_readable, describe
 from .distributed import setup_distributed
 from .files import check_writable_directory, write_text_atomically
 from .finetune import initialize
@@ -62,6 +62,13 @@ def model_kwargs(config: TrainConfig, num_classes: int, full_embed_dim: int) -> 
         kwargs.update(embed_dim=scaled(full_embed_dim, config.width), smallest=1.0, largest=1.0,
                       isolated_activation=False)
     return kwargs
+
+
+def with_absolute_data(config: TrainConfig) -> TrainConfig:
+    """The data folder as an absolute path, so that the run's config.json names it from any directory."""
+    if config.data != 'fashion-mnist' and Path(config.data).is_dir():
+        return dataclasses.replace(config, data=str(Path(config.data).resolve()))
+    return config
 
 
 def load_teacher(path: str, student: SlimmableVisionTransformer, classes: list[str],
@@ -104,7 +111,7 @@ def width_key(width: float) -> str:
 
 class Trainer:
     def __init__(self, config: TrainConfig, resume: Optional[str] = None):
-        self.config = config
+        self.config = config = with_absolute_data(config)
         self.ddp = setup_distributed(config.device)
         self.device = torch.device(f'cuda:{self.ddp.local_rank}' if config.device == 'cuda' and self.ddp.enabled
                                    else config.device)
@@ -129,6 +136,8 @@ class Trainer:
         eval_transform = build_transform(data_config, False)
         train_set, eval_set, self.classes = build_datasets(
             config.data, train_transform, eval_transform, data_config['input_size'][0])
+        self._say(f"{config.data}: {len(self.classes)} classes; {describe('training', train_set)}; "
+                  f"{describe('evaluation', eval_set)}")
         self.model_kwargs = model_kwargs(config, len(self.classes), probe.embed_dim)
         self.model = self._build_model(start_from_init=resume_checkpoint is None)
         self.teacher = load_teacher(config.teacher, self.model, self.classes, self.device) if config.teacher else None
@@ -399,7 +408,8 @@ class Trainer:
         model = self.model.eval()
         correct = torch.zeros(len(widths), dtype=torch.float64)
         total = 0
-        for images, targets, _ in self.eval_loader:
+        batches = tqdm(self.eval_loader, desc='evaluating', delay=2, leave=False, disable=not self.ddp.is_main)
+        for images, targets, _ in batches:
             if images is None:
                 continue
             images, targets = images.to(self.device), targets.to(self.device)
