@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -7,6 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from conftest import FAST, make_image_folder, read_log
 from scalavit.cli import main
@@ -232,3 +234,61 @@ def test_training_says_what_it_found_and_keeps_the_data_folder_from_anywhere(fol
     monkeypatch.chdir(tmp_path / 'elsewhere')
     assert main(['eval', str(tmp_path / 'run'), '--latency-repeats', '2']) == 0
     assert f"{folder}: 3 classes; evaluation: 12 images" in capsys.readouterr().out
+
+
+def torchrun(*args, timeout=300):
+    command = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+def test_ranks_whose_batches_lose_unreadable_images_unevenly_stay_in_step(folder, tmp_path):
+    """A batch left with fewer than 2 images on one rank only: every rank skips it, or DDP's all-reduces of
+    different steps would pair up (a hang, or gradients of different steps summed)."""
+    corrupt = sorted((folder / 'train' / 'class0').iterdir())  # the first 8 of the 24 samples, in ImageFolder order
+    for path in corrupt:
+        path.write_bytes(path.read_bytes()[:60])  # the header survives, the pixel data does not
+    uneven = 0
+    for epoch in range(2):  # the training's own shards: 12 samples a rank, batches of 2, seed 0
+        shards = []
+        for rank in range(2):
+            sampler = DistributedSampler(range(24), 2, rank, shuffle=True, seed=0, drop_last=True)
+            sampler.set_epoch(epoch)
+            shards.append(list(sampler))
+        for step in range(6):
+            readable = [sum(i >= 8 for i in shard[2 * step:2 * step + 2]) >= 2 for shard in shards]
+            uneven += readable[0] != readable[1]
+    assert uneven > 0, 'the case under test does not arise with this data'
+    result = torchrun('-m', 'scalavit', 'train', '--data', folder, '--output', tmp_path / 'ddp', *FAST,
+                      '--batch-size', '2', timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_log(tmp_path / 'ddp')
+    assert [row['ranks_in_sync'] for row in rows] == [True, True]
+    assert sum(row['skipped_images'] for row in rows) == 2 * 8  # every corrupt image, once an epoch
+
+
+PROBE = '''
+import os, sys, torch
+from scalavit.config import TrainConfig
+from scalavit.train import Trainer
+data, output, probe = sys.argv[1:4]
+trainer = Trainer(TrainConfig(data=data, output=output, batch_size=4, workers=0, device='cpu'))
+images, _, _ = next(iter(trainer.train_loader))
+torch.save(images, os.path.join(probe, f'rank{trainer.ddp.rank}.pt'))
+trainer.close()
+trainer.ddp.close()
+'''
+
+
+def test_ranks_augment_their_images_differently(folder, tmp_path):
+    """Every training image the same picture: the ranks' first batches differ only by their augmentations."""
+    picture = folder / 'train' / 'class0' / '0.png'
+    for path in (folder / 'train').rglob('*.png'):
+        if path != picture:
+            shutil.copy(picture, path)
+    (tmp_path / 'probe').mkdir()
+    (tmp_path / 'probe.py').write_text(PROBE)
+    result = torchrun(tmp_path / 'probe.py', folder, tmp_path / 'run', tmp_path / 'probe')
+    assert result.returncode == 0, result.stderr[-3000:]
+    first, second = (torch.load(tmp_path / 'probe' / f'rank{rank}.pt', weights_only=True) for rank in (0, 1))
+    assert first.shape == second.shape == (4, 1, 28, 28)
+    assert not any(torch.equal(a, b) for a in first for b in second)

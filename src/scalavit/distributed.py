@@ -28,6 +28,15 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.cpu() if tensor.dim() else tensor.item()
 
+    def all_agree(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` holds on every rank: for decisions that every rank must take alike (DDP's all-reduces
+        pair up only if every rank runs the same steps)."""
+        if not self.enabled:
+            return flag
+        tensor = torch.tensor(int(flag), device=device if device.type == 'cuda' else 'cpu')
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return bool(tensor.item())
+
     def replicas_identical(self, model: torch.nn.Module) -> bool:
         """Whether every rank holds the same weights (DDP's invariant; a checksum gathered from each)."""
         flat = torch.cat([p.detach().reshape(-1).double() for p in model.parameters()])

@@ -2,7 +2,8 @@
 
 One process per device; ``torchrun --nproc_per_node=N -m scalavit train ...`` runs N of them. ``--batch-size`` is per
 process. Every rank draws the same sub-network widths at every step (one generator, seeded alike), so the
-all-reduced gradient is the gradient of the whole global batch.
+all-reduced gradient is the gradient of the whole global batch; data-side randomness (augmentation, Mixup/CutMix,
+drop-path) is seeded with seed + rank, as timm's training script does, so that ranks do not augment alike.
 """
 import contextlib
 import dataclasses
@@ -126,7 +127,7 @@ class Trainer:
     def _set_up(self, resume: Optional[str]) -> None:
         config = self.config
         resume_checkpoint = self._check_output_and_resume(resume)
-        self._seed(config.seed)
+        self._seed(config.seed + self.ddp.rank)  # each rank its own augmentations, Mixup and drop-path
 
         self.method = build_method(config)
         probe = timm.create_model(config.model)
@@ -271,7 +272,9 @@ class Trainer:
         self.epoch, self.step, self.best = checkpoint['epoch'], checkpoint['step'], checkpoint['best']
         self.log_rows = list(checkpoint['log'])
         self.width_generator.set_state(checkpoint['random_states']['widths'])
-        set_random_states(checkpoint['random_states'])
+        set_random_states(checkpoint['random_states'])  # rank 0's, which saved them
+        if self.ddp.rank > 0:
+            self._seed(self.config.seed + self.ddp.rank + self.step)
         if self.grad_stats is not None:
             self.grad_stats.resume(self.step)
 
@@ -343,7 +346,8 @@ class Trainer:
                    dynamic_ncols=True, leave=True)
         for images, targets, dropped in bar:
             skipped += dropped
-            if images is None or len(images) < 2:
+            # A batch that unreadable images left too small is skipped on every rank, or on none.
+            if not self.ddp.all_agree(images is not None and len(images) >= 2, self.device):
                 continue
             losses = self._train_step(images, targets)
             for name, value in losses.items():
