@@ -23,6 +23,12 @@ def renamed_classes(root, names=('ankle', 'bag', 'coat')):
     return folder
 
 
+def with_extra_train_class(root):
+    folder = make_image_folder(root)
+    shutil.copytree(folder / 'train' / 'class0', folder / 'train' / 'sandal')
+    return folder
+
+
 def write(path, text):
     path.write_text(text)
     return path
@@ -94,6 +100,9 @@ CASES = {
         lambda T, S: ['train', '--data', renamed_classes(S / 'other'), '--output', S / 'run', *FAST, '--teacher',
                       T / 'st_full' / 'last.pt', '--model', 'scala_vit_mini_distilled_patch7_28'],
         "has other classes than the training data: 0: 'ankle' vs 'class0'"),
+    'train classes that differ between splits': (
+        lambda T, S: ['train', '--data', with_extra_train_class(S / 'data'), '--output', S / 'run'],
+        "must hold the same class folders: 'sandal' only in"),
     'export into its run': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output', T / 'scala', '--force'],
                             'is or contains the checkpoint being exported'),
     'export output is a file': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output',
