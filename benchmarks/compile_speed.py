@@ -84,7 +84,7 @@ def train_runs(extra: list[str], compile_flags: list[str], warm_cache: bool = Fa
 
 _COMPILE_FOR_TRAINING = """
 import contextlib, sys, time, timm, torch, scalavit
-from scalavit.compiled import compile_for_training
+from scalavit.compiled_training import compile_for_training
 model = timm.create_model(sys.argv[1]).train()
 start = time.perf_counter()
 compile_for_training(model, model.widths, torch.zeros(128, *model.pretrained_cfg['input_size']),

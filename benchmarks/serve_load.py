@@ -382,7 +382,9 @@ def run_study(args, images, labels) -> None:
     raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=names,
                backends=args.backends, deployments=args.deployments, results=results, seconds=args.seconds,
                slo_ms=args.slo_ms)
-    write_text_atomically(args.output.with_suffix('.json'), json.dumps(raw, indent=1) + '\n')
+    data = args.output.parent / 'data'  # the measurements beside the pages, apart from them
+    data.mkdir(exist_ok=True)
+    write_text_atomically(data / f'{args.output.stem}.json', json.dumps(raw, indent=1) + '\n')
     figures = plot(results, timelines, args.slo_ms, args.seconds, args.output)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
     print(f"wrote {args.output}")

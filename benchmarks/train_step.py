@@ -40,7 +40,7 @@ from timm.data.mixup import mixup_target
 
 import scalavit  # noqa: F401  (registers the scala_* models)
 from scalavit import to_timm
-from scalavit.compiled import compile_for_training
+from scalavit.compiled_training import compile_for_training
 from scalavit.evaluate import time_alternately
 from scalavit.methods import Scala
 from scalavit.train import SubNetworkPasses

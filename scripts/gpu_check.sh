@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA path on a GPU: one line per check, non-zero exit if any fails (see benchmarks/gpu_check.py, docs/gpu.md).
+# The CUDA path on a GPU: one line per check, non-zero exit if any fails (see scripts/gpu_check.py, docs/gpu.md).
 # Runs from the source tree with this project's virtual environment when there is one, else the machine's python3
 # (which then needs torch, timm and the packages of pyproject.toml).
 #   bash scripts/gpu_check.sh [--fashion-mnist DIR] [--workdir DIR]
@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 python=python3
 [ -x .venv/bin/python ] && python=.venv/bin/python
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec "$python" benchmarks/gpu_check.py "$@"
+exec "$python" scripts/gpu_check.py "$@"

@@ -7,8 +7,8 @@ from scalavit.checkpoint import load_checkpoint, load_weights, save_atomically
 
 def test_save_is_atomic_and_reads_back(tmp_path):
     path = tmp_path / 'last.pt'
-    save_atomically({'model': {'w': torch.arange(3)}, 'config': {}}, path)
-    save_atomically({'model': {'w': torch.arange(4)}, 'config': {}}, path)  # replaces, never appends
+    save_atomically({'model': {'w': torch.arange(3)}, 'config': {}, 'model_kwargs': {}}, path)
+    save_atomically({'model': {'w': torch.arange(4)}, 'config': {}, 'model_kwargs': {}}, path)  # replaces, never appends
     assert torch.equal(load_checkpoint(tmp_path)['model']['w'], torch.arange(4))
     assert [p.name for p in tmp_path.iterdir()] == ['last.pt']
 
@@ -20,7 +20,7 @@ def test_files_that_are_not_training_checkpoints_are_refused(tmp_path):
     with pytest.raises(ValueError, match='not a readable PyTorch checkpoint'):
         load_checkpoint(tmp_path / 'text.pt')
     torch.save({'state_dict': {}}, tmp_path / 'other.pt')
-    with pytest.raises(ValueError, match="expected the keys 'model' and 'config'"):
+    with pytest.raises(ValueError, match='holds neither a scalavit checkpoint nor a state dict'):
         load_checkpoint(tmp_path / 'other.pt')
 
 

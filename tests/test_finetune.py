@@ -81,12 +81,12 @@ def test_safetensors_and_timm_folders_load_with_the_warning_for_plain_models(sou
 def test_another_architecture_is_an_error_naming_the_parameter(tmp_path):
     torch.save({'model': timm.create_model('scala_deit_tiny_patch16_224', num_classes=3).state_dict()},
                tmp_path / 'deit_tiny.pth')
-    with pytest.raises(ValueError, match=r"--init: parameter \S+ has shape .* in the source"):
+    with pytest.raises(ValueError, match=r"--init: parameter \S+ has shape .*, the model expects"):
         _initialized(tmp_path / 'deit_tiny.pth', num_classes=3)
 
 
 def test_a_missing_source_is_refused_before_anything_runs(tmp_path):
-    with pytest.raises(FileNotFoundError, match='--init .*nope.pt: no such file'):
+    with pytest.raises(FileNotFoundError, match='--init .*nope.pt: .*nope.pt does not exist'):
         TrainConfig(init=str(tmp_path / 'nope.pt'), output=str(tmp_path / 'run'), device='cpu')
     with pytest.raises(FileNotFoundError, match='holds none of model.safetensors'):
         TrainConfig(init=f'local-dir:{tmp_path}', output=str(tmp_path / 'run'), device='cpu')
@@ -145,3 +145,20 @@ def test_every_width_of_a_fine_tuned_run_evaluates(source, tmp_path):
     report = evaluate([str(tmp_path / 'tuned')], latency_repeats=1, throughput_repeats=1)
     assert [row['width'] for row in report['rows']] == list(timm.create_model(FASHION_MODEL).widths)
     assert all(0 <= row['top1'] <= 100 for row in report['rows'])
+
+
+def test_timm_pretrained_from_a_file_takes_the_same_adaptations(source):
+    """One load path: timm.create_model(pretrained=True) from a local file adapts as --init does (the file's number
+    of classes given in the overlay, as timm expects of a local file)."""
+    run, weights = source
+    for kwargs in (dict(num_classes=3), dict(num_classes=5, img_size=56)):
+        overlay = dict(file=str(run / 'last.pt'), num_classes=3)
+        model = timm.create_model(FASHION_MODEL, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        expected, _ = _initialized(run, **kwargs)
+        state = model.state_dict()
+        same = [name for name in expected if not name.startswith('head')]
+        assert [name for name in same if not torch.equal(state[name], expected[name])] == []
+        if kwargs['num_classes'] == 3:
+            assert [name for name, tensor in weights.items() if not torch.equal(state[name], tensor)] == []
+        else:
+            assert state['head.weight'].shape == (5, 96)

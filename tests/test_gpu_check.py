@@ -1,4 +1,4 @@
-"""scripts/gpu_check.sh without a GPU, and the checks of benchmarks/gpu_check.py that mean something on the CPU."""
+"""scripts/gpu_check.sh without a GPU, and the checks of scripts/gpu_check.py that mean something on the CPU."""
 import json
 import subprocess
 import sys
@@ -10,7 +10,7 @@ import torch
 from torch._dynamo.utils import counters
 
 ROOT = Path(__file__).parents[1]
-sys.path.insert(0, str(ROOT / 'benchmarks'))
+sys.path.insert(0, str(ROOT / 'scripts'))
 import gpu_check  # noqa: E402
 from scalavit.data import read_fashion_mnist  # noqa: E402
 from test_data import write_idx  # noqa: E402

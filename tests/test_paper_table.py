@@ -1,10 +1,10 @@
-"""benchmarks/paper_table.py --quick: the paper's comparison as the paper ran it, on a few steps a run."""
+"""studies/paper_table.py --quick: the paper's comparison as the paper ran it, on a few steps a run."""
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).parents[1] / 'benchmarks' / 'paper_table.py'
+SCRIPT = Path(__file__).parents[1] / 'studies' / 'paper_table.py'
 
 
 def run_study(output: Path) -> subprocess.CompletedProcess:

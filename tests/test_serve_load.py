@@ -44,7 +44,7 @@ def test_the_load_benchmark_runs_a_policy_on_two_backends_against_one_schedule_a
     assert result.returncode == 0, result.stderr[-3000:]
     page = output.read_text()
     assert '--quick' in page and 'backend(s) eager, onnxruntime' in page
-    raw = json.loads(output.with_suffix('.json').read_text())
+    raw = json.loads((output.parent / 'data' / f'{output.stem}.json').read_text())
     assert raw['backends'] == ['eager', 'onnxruntime']
     runs = ['slackfit on eager', 'slackfit on onnxruntime']  # one policy keeps the suite short: two servers, not four
     assert raw['policies'] == runs

@@ -1,4 +1,4 @@
-"""The studies of benchmarks/ (--quick): each trains its runs on a few steps, shares them with the others, and
+"""The studies of studies/ (--quick): each trains its runs on a few steps, shares them with the others, and
 writes its page."""
 import json
 import shutil
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).parents[1] / 'benchmarks'
+STUDIES = Path(__file__).parents[1] / 'studies'
 
 
 @pytest.fixture(scope='module')
@@ -17,7 +17,7 @@ def output(tmp_path_factory):
 
 
 def study(name: str, output: Path, *args: str) -> tuple[str, str]:
-    result = subprocess.run([sys.executable, str(BENCHMARKS / f'{name}.py'), '--quick', '--output', str(output), *args],
+    result = subprocess.run([sys.executable, str(STUDIES / f'{name}.py'), '--quick', '--output', str(output), *args],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     page = output.with_name(output.name + '_quick') / f'{name}.md'
@@ -88,14 +88,13 @@ def test_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reu
 
 def test_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_whose_student_is_missing(output):
     root = output.with_name(output.name + '_quick')
-    kept = root / 'study_runs'
+    kept = root / 'data' / 'study_runs'
     assert json.loads((kept / 'Scala_10ep_s0_t30' / 'config.json').read_text())['epochs'] == 10
     _, page = study('regime', output, '--budgets', '5', '10')
     # a new machine: no runs, only the record that git holds (and the quick data, at the same path)
     old = root.rename(root.with_name('old_machine'))
     try:
-        shutil.copytree(old / 'study_runs', kept)
-        shutil.copytree(old / 'data', root / 'data')
+        shutil.copytree(old / 'data', root / 'data')  # the quick data, and in it the record
         shutil.rmtree(kept / 'Scala_10ep_s0_t30')
         stdout, again = study('regime', output, '--budgets', '5', '10')
         assert '[ST 0.25 5ep s0] already trained' in stdout and 'its record: no weights here' in stdout
@@ -110,7 +109,7 @@ def test_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_wh
 
 def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     root = output.with_name(output.name + '_quick')
-    result = subprocess.run([sys.executable, str(BENCHMARKS / 'study.py'), '--output', str(root), '--doc',
+    result = subprocess.run([sys.executable, str(STUDIES / 'study.py'), '--output', str(root), '--doc',
                              str(root / 'study_runs.md')], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     record = (root / 'study_runs.md').read_text()
@@ -118,7 +117,7 @@ def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     assert scala[1:5] == ['scala', '5', '0', 'teacher_15ep'] and scala[-1].startswith('0.25: ')
     assert 'always_smallest=False' in cells(record, 'Scala_wo_CA_5ep_s0_t15')[5]
     # a run gone from the runs folder and from the record keeps its row; the others are listed from their runs again
-    for folder in (root, root / 'study_runs'):
+    for folder in (root, root / 'data' / 'study_runs'):
         shutil.rmtree(folder / 'US-Net_wo_CA_5ep_s0')
     again = subprocess.run(result.args, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
@@ -139,7 +138,7 @@ def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
 def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_not_trained_again(output):
     root = output.with_name(output.name + '_quick')
     listed = cells((root / 'study_runs.md').read_text(), 'ST_025_5ep_s0')  # the page the test before wrote
-    for folder in (root, root / 'study_runs'):  # trained on a machine whose runs and record are gone
+    for folder in (root, root / 'data' / 'study_runs'):  # trained on a machine whose runs and record are gone
         shutil.rmtree(folder / 'ST_025_5ep_s0')
         shutil.rmtree(folder / 'Scala_5ep_s0_t15')
     # that machine's teacher, since trained again here: a student known by its row is shown with its own teacher
@@ -160,7 +159,7 @@ def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_no
 
 
 def test_the_regime_verdict_names_the_budgets_where_one_seed_cannot_tell_scala_from_st():
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path.insert(0, str(STUDIES))
     import regime
     gaps = {5: (-2.76, -1.45), 10: (-1.53, -0.50), 20: (-0.23, 0.10)}  # Scala minus ST at r = 0.25 and 1
     by_budget = {e: {'gaps': {'ST r=0.25': g[0], 'ST r=1': g[1]}} for e, g in gaps.items()}

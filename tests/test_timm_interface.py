@@ -241,3 +241,14 @@ def test_a_scripted_model_saved_and_loaded_answers_at_every_width_and_refuses_wh
             loaded(x, 0.3)
         with pytest.raises(torch.jit.Error, match='does not fit the model'):
             loaded(torch.randn(2, 1, 32, 32))
+
+
+def test_forward_head_keeps_timms_argument_order():
+    """timm's forward_head(x, pre_logits): a positional pre_logits means pre_logits, the width comes after it."""
+    model = timm.create_model('scala_vit_mini_patch7_28').eval()
+    x = torch.randn(2, 1, 28, 28)
+    features = model.forward_features(x)
+    assert model.forward_head(features, True).shape == (2, 96)
+    half = model.forward_head(model.forward_features(x, 0.5), False, 0.5)
+    assert torch.equal(half, model(x, 0.5))
+    assert torch.equal(model.forward_head(features, True), model.forward_head(features, pre_logits=True))

@@ -1,4 +1,4 @@
-"""benchmarks/transfer.py --quick: the whole transfer pipeline on a few steps a run."""
+"""studies/transfer.py --quick: the whole transfer pipeline on a few steps a run."""
 import json
 import subprocess
 import sys
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).parents[1] / 'benchmarks' / 'transfer.py'
+SCRIPT = Path(__file__).parents[1] / 'studies' / 'transfer.py'
 
 
 def run(output: Path) -> str:

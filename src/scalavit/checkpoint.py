@@ -10,12 +10,14 @@ import hashlib
 import math
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import numpy as np
 import timm
 import torch
+from safetensors.torch import load_file
 
 from .files import write_atomically
 from .model import SlimmableVisionTransformer
@@ -73,20 +75,66 @@ def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def load_checkpoint(path: str) -> dict:
-    path = Path(path)
+@dataclass
+class Source:
+    """Weights as the user named them, read: the state dict (timm DeiT parameter names) and, for a scalavit training
+    checkpoint, the whole checkpoint (configuration, classes, optimizer, ...)."""
+
+    path: Path
+    state_dict: dict[str, torch.Tensor]
+    checkpoint: Optional[dict] = None
+
+
+TIMM_FOLDER_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+def source_file(source: str) -> Path:
+    """The file that ``source`` names: a file, a run directory's ``last.pt``, or timm's ``local-dir:FOLDER``."""
+    if source.startswith('local-dir:'):
+        folder = Path(source[len('local-dir:'):])
+        found = [folder / name for name in TIMM_FOLDER_FILES if (folder / name).is_file()]
+        if not found:
+            raise FileNotFoundError(f"{source}: {folder} holds none of {', '.join(TIMM_FOLDER_FILES)}")
+        return found[0]
+    path = Path(source)
     if path.is_dir():
         path = path / 'last.pt'
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    checkpoint = read_torch_file(path)
-    if not isinstance(checkpoint, dict) or 'model' not in checkpoint or 'config' not in checkpoint:
-        raise ValueError(f"{path} is not a scalavit training checkpoint (expected the keys 'model' and 'config')")
-    return checkpoint
+        raise FileNotFoundError(f"{path} does not exist (give a scalavit run or checkpoint, a .pth, a .safetensors "
+                                "file or local-dir:FOLDER)")
+    return path
 
 
-def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
-    """Strict loading with a message that names the first parameter that does not fit."""
+def read_source(source: str) -> Source:
+    """Any weights a user can name, read as data: a scalavit run or checkpoint, a state dict (bare or under
+    ``'model'``, as the authors' and timm's ``.pth`` files hold it), a ``.safetensors`` file, or ``local-dir:``."""
+    path = source_file(str(source))
+    if path.suffix == '.safetensors':
+        try:
+            return Source(path, load_file(path))
+        except Exception as error:  # safetensors raises its own SafetensorError for a corrupt or truncated file
+            raise ValueError(f"{path} is not a readable safetensors file ({_first_line(error)}); export it again or "
+                             "give another file") from None
+    content = read_torch_file(path)
+    if isinstance(content, dict) and {'model', 'config', 'model_kwargs'} <= content.keys():
+        return Source(path, content['model'], content)
+    state = content.get('model', content) if isinstance(content, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path} holds neither a scalavit checkpoint nor a state dict of parameters")
+    return Source(path, state)
+
+
+def load_checkpoint(path: str) -> dict:
+    """A scalavit training checkpoint (a run directory means its ``last.pt``)."""
+    source = read_source(path)
+    if source.checkpoint is None:
+        raise ValueError(f"{source.path} is not a scalavit training checkpoint (it holds only weights)")
+    return source.checkpoint
+
+
+def check_shapes(state_dict: dict, model: torch.nn.Module, source: str, optional: tuple[str, ...] = ()) -> None:
+    """That ``state_dict`` fits ``model`` exactly, or an error naming the first parameter that does not. Parameters
+    whose names start with one of ``optional`` may be missing."""
     own = model.state_dict()
     for name, tensor in state_dict.items():
         if name not in own:
@@ -95,10 +143,15 @@ def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
         if own[name].shape != tensor.shape:
             raise ValueError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the model expects "
                              f"{tuple(own[name].shape)}; the checkpoint is of another architecture or width")
-    missing = [name for name in own if name not in state_dict]
+    missing = [name for name in own if name not in state_dict and not name.startswith(optional or ('\0',))]
     if missing:
         raise ValueError(f"{source}: parameter {missing[0]} is missing ({len(missing)} in all); "
                          "the checkpoint is of another architecture")
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:
+    """Strict loading with a message that names the first parameter that does not fit."""
+    check_shapes(state_dict, model, source)
     model.load_state_dict(state_dict)
 
 
@@ -174,23 +227,18 @@ def load_model(path: str, model_name: Optional[str] = None) -> tuple[SlimmableVi
     """A slimmable model from a scalavit training checkpoint, or from a state dict in the authors' format
     (``{'model': state_dict, ...}`` or a bare state dict with timm DeiT names). Returns the model and the training
     configuration with the checkpoint's ``step`` (empty for an authors' checkpoint)."""
-    path = Path(path)
-    candidate = path / 'last.pt' if path.is_dir() else path
-    if not candidate.is_file():
-        raise FileNotFoundError(f"checkpoint {candidate} does not exist")
-    checkpoint = read_torch_file(candidate)
-    if isinstance(checkpoint, dict) and 'config' in checkpoint and 'model_kwargs' in checkpoint:
+    source = read_source(path)
+    if source.checkpoint is not None:
+        checkpoint = source.checkpoint
         if model_name and model_name != checkpoint['config']['model']:
-            raise ValueError(f"{candidate} holds a {checkpoint['config']['model']}, not a {model_name}")
-        model = build_model_from_checkpoint(checkpoint, str(candidate))
+            raise ValueError(f"{source.path} holds a {checkpoint['config']['model']}, not a {model_name}")
+        model = build_model_from_checkpoint(checkpoint, str(source.path))
         return model, dict(checkpoint['config'], step=checkpoint['step'])
-    state = checkpoint.get('model', checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{candidate} holds neither a scalavit checkpoint nor a state dict of timm DeiT parameters")
-    shape_args = _shape_args(state, candidate)  # first: it names a missing parameter
-    model = timm.create_model(model_name or _infer_architecture(state, candidate), **shape_args,
+    state = source.state_dict
+    shape_args = _shape_args(state, source.path)  # first: it names a missing parameter
+    model = timm.create_model(model_name or _infer_architecture(state, source.path), **shape_args,
                               norm_eps=1e-5)  # the authors' checkpoints were trained with 1e-5
-    load_weights(model, state, str(candidate))
+    load_weights(model, state, str(source.path))
     return model, {}
 
 

@@ -10,8 +10,7 @@ milliseconds.
 
 ``JitCompiledWidths`` is the same interface built in this process by ``torch.compile``: on the CPU with inductor's C++
 wrapper, whose forward releases Python's GIL (the server's backend there), on CUDA optionally replayed as CUDA graphs.
-``compile_widths`` picks the kind for a device. ``compile_for_training`` compiles the model's forward and backward at
-every width for ``scalavit train --compile``.
+``compile_widths`` picks the kind for a device. (Compiling for training: ``compiled_training``.)
 """
 import hashlib
 import os
@@ -58,6 +57,15 @@ def export_program(model: nn.Module, input_size: tuple[int, int, int], width: Op
     batch = Dim('batch', min=1, max=MAX_BATCH)
     with torch.no_grad():
         return torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+
+
+def one_graph_per_width():
+    """Dynamo keeps the graphs of every width on the one code object they share: while the widths compile, these
+    graphs are not recompilations to limit (the limit is as it was after the block)."""
+    return torch._dynamo.config.patch(recompile_limit=MAX_WIDTH_GRAPHS)
+
+
+MAX_WIDTH_GRAPHS = 1024
 
 
 def default_cache_dir() -> Path:
@@ -136,46 +144,6 @@ def compile_package(program: ExportedProgram, path: Path, weights: bool = True) 
         first_line = (str(error).strip().splitlines() or [''])[0]
         raise CompileError(f"AOTInductor could not compile {path.name} ({type(error).__name__}: {first_line}); "
                            "run without --compile or choose another format") from error
-
-
-def compile_for_training(module: nn.Module, widths: tuple[float, ...], example: torch.Tensor, autocast,
-                         progress: bool = True, mode: str = 'default', regional: bool = False) -> nn.Module:
-    """``torch.compile`` of a (possibly DDP-wrapped) slimmable model for training, every width's forward and backward
-    compiled here, before the first step.
-
-    Dynamo specialises on the width, so each width is one graph and none recompiles another (the recompile limit is
-    raised to hold them all). Random ops draw as in eager mode (inductor's ``fallback_random``), so a compiled run's
-    losses are the eager run's up to float summation order; the warm-up passes leave no gradient and draw nothing
-    from the run's generators.
-
-    ``regional``: each transformer block is compiled in place instead of the whole model (PyTorch's regional
-    compilation). The blocks share one graph per width, so compiling costs a fraction of the whole model's; the
-    patch embedding and the head stay eager. ``mode='reduce-overhead'`` (CUDA) replays the graphs as CUDA graphs;
-    the caller then starts each step with ``torch.compiler.cudagraph_mark_step_begin()``.
-    """
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * len(widths) + 8)
-    torch._inductor.config.fallback_random = True
-    if regional:
-        for block in getattr(module, 'module', module).blocks:  # DDP keeps the model as .module
-            block.compile(mode=mode)
-        compiled = module
-    else:
-        compiled = torch.compile(module, mode=mode)
-    cuda_graphs = mode == 'reduce-overhead'
-    devices = [example.device] if example.device.type == 'cuda' else []
-    with torch.random.fork_rng(devices=devices):
-        for width in tqdm(widths, desc='compiling widths (forward and backward)', unit='width', disable=not progress):
-            for _ in range(2 if cuda_graphs else 1):  # a CUDA graph is recorded on its second pass
-                if cuda_graphs:
-                    torch.compiler.cudagraph_mark_step_begin()
-                with autocast():
-                    output = compiled(example, width)
-                    outputs = output if isinstance(output, tuple) else (output,)
-                    loss = sum(o.float().mean() for o in outputs)
-                loss.backward()
-    for parameter in module.parameters():
-        parameter.grad = None
-    return compiled
 
 
 class CompiledWidths:
@@ -320,8 +288,6 @@ class JitCompiledWidths(CompiledWidths):
         parameter = next(model.parameters())
         self.pool = torch.cuda.graph_pool_handle() if cuda_graphs and parameter.device.type == 'cuda' else None
         self.replay_lock = threading.Lock()
-        # Dynamo keeps the graphs of every AtWidth on the one code object they share: room for these widths' too.
-        torch._dynamo.config.recompile_limit += len(model.widths if widths is None else widths)
         super().__init__(model, widths, cache_dir, progress)
 
     def _load(self, width: float):
@@ -330,7 +296,7 @@ class JitCompiledWidths(CompiledWidths):
         with torch.inference_mode():
             example = torch.zeros(2, *self.input_size, device=self.device, dtype=self.dtype)
         mark_unbacked(example, 0)
-        with temporary_cache_dir(str(self.cache_dir / 'inductor')):
+        with temporary_cache_dir(str(self.cache_dir / 'inductor')), one_graph_per_width():
             try:
                 self._run(function, example)
                 if self.pool is not None:

@@ -272,7 +272,7 @@ class SlimmableVisionTransformer(nn.Module):
     def forward_features(self, x: torch.Tensor, width: Optional[float] = None) -> torch.Tensor:
         return self._features(x, self.channels(width))
 
-    def forward_head(self, x: torch.Tensor, width: Optional[float] = None, pre_logits: bool = False):
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, width: Optional[float] = None):
         return self._head(x, self.channels(width), pre_logits)
 
     def forward(self, x: torch.Tensor, width: Optional[float] = None):
@@ -446,9 +446,16 @@ class SlimmableFeatures(FeatureGetterNet):
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> SlimmableVisionTransformer:
-    """Weights load only from a local file: ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``."""
+    """Weights load only from a local file: ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH,
+    num_classes=N)`` (N: the file's classes), any file ``--init`` takes, adapted as ``--init`` adapts it."""
     feature_cfg = dict(out_indices=kwargs.pop('out_indices', 3), feature_cls=SlimmableFeatures)
-    return build_model_with_cfg(SlimmableVisionTransformer, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    return build_model_with_cfg(SlimmableVisionTransformer, variant, pretrained, feature_cfg=feature_cfg,
+                                pretrained_filter_fn=_pretrained_filter, **kwargs)
+
+
+def _pretrained_filter(state: dict, model: SlimmableVisionTransformer) -> dict:
+    from .finetune import pretrained_filter  # finetune builds on this module
+    return pretrained_filter(state, model)
 
 
 @register_model

@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from .checkpoint import (build_model_from_checkpoint, check_same_classes, load_checkpoint, load_weights,
                          random_states, save_atomically, set_random_states)
-from .compiled import check_can_compile, compile_for_training
+from .compiled import check_can_compile
+from .compiled_training import compile_for_training
 from .config import TrainConfig
 from .data import SkipUnreadable, build_datasets, build_transform, collate_readable, describe
 from .distributed import setup_distributed

@@ -6,8 +6,8 @@ Activation (the smallest width takes the other end of the channels) as the way t
 that cost. This study trains Scala, Scala without Isolated Activation, and both with the smallest width drawn like the
 others (`--no-always-smallest`), and US-Net with and without it, all with one budget, and reports every width.
 
-    python benchmarks/constant_activation.py            # writes docs/constant_activation.md
-    python benchmarks/constant_activation.py --quick    # the pipeline on a few steps a run, for the test suite
+    python studies/constant_activation.py            # writes docs/constant_activation.md
+    python studies/constant_activation.py --quick    # the pipeline on a few steps a run, for the test suite
 
 Runs are shared with the other studies of the same --output (Scala, Scala w/o IA and US-Net are paper_table.py's).
 """

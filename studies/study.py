@@ -1,4 +1,4 @@
-"""What the studies under benchmarks/ share: runs trained once and reused, the time each stage took, the data they
+"""What the studies under studies/ share: runs trained once and reused, the time each stage took, the data they
 train on, and the pieces of the pages they write.
 
 A run is named, and lives in ``<output>/<name>``; a study that asks for a run that is already trained reuses it, one
@@ -6,7 +6,7 @@ that was interrupted is resumed, and a name that holds a run of another configur
 continues where it stopped, and studies sharing an output folder share the runs they have in common.
 
 Weights stay on the machine that trained them, but each finished run's configuration, log and time are kept in git
-beside the pages (``docs/study_runs/``): a study continued on a new machine takes its finished runs' results from
+beside the pages (``docs/data/study_runs/``): a study continued on a new machine takes its finished runs' results from
 there, and trains again only a run whose weights it needs (a teacher with students still to train). A run older than
 that record is known by its row of the runs page (``docs/study_runs.md``) alone: its top-1 and minutes are taken from
 there, and it is trained again only if its weights are needed.
@@ -264,11 +264,11 @@ class Runs:
 
 
 def open_runs(args: argparse.Namespace, common: dict, weights: bool = False) -> Runs:
-    """The runs under --output, with the record of finished runs kept beside the page (``docs/study_runs/`` for the
+    """The runs under --output, with the record of finished runs kept in the data folder beside the page (``docs/data/study_runs/`` for the
     real studies) restored into it first: a new machine reuses every result recorded there."""
-    kept = args.doc.parent / 'study_runs'
+    kept = args.doc.parent / 'data' / 'study_runs'
     restore_records(args.output, kept)
-    earlier = {row[0]: row for row in earlier_rows(kept.with_name(kept.name + '.md'))}
+    earlier = {row[0]: row for row in earlier_rows(args.doc.parent / 'study_runs.md')}
     return Runs(args.output, Timings(args.output / 'timings.json', kept / 'timings.json'), common, kept=kept,
                 weights=weights, earlier=earlier)
 
@@ -384,7 +384,7 @@ def quick_setup(args: argparse.Namespace) -> dict:
 
 
 def command_line(script: str) -> str:
-    return f'python benchmarks/{script}' + ''.join(f' {a}' for a in sys.argv[1:])
+    return f'python studies/{script}' + ''.join(f' {a}' for a in sys.argv[1:])
 
 
 def machine_line() -> str:
@@ -433,7 +433,7 @@ def run_summary(root: Path, timings: Timings, doc: Path) -> str:
 
 if __name__ == '__main__':
     parser = argparse.ArgumentParser(description='Every finished run of the studies, as a markdown table, and each '
-                                                 'kept in the record beside it (docs/study_runs/)')
+                                                 'kept in the record beside it (docs/data/study_runs/)')
     parser.add_argument('--output', type=Path, default=Path('runs/studies'))
     parser.add_argument('--doc', type=Path, default=Path('docs/study_runs.md'))
     args = parser.parse_args()
@@ -441,7 +441,7 @@ if __name__ == '__main__':
     for run in finished_runs(args.output):
         keep_record(run, runs.kept)
     runs.timings.save()
-    text = (f"# The studies' runs\n\n`python benchmarks/study.py`: every finished run under `{args.output}` (the "
+    text = (f"# The studies' runs\n\n`python studies/study.py`: every finished run under `{args.output}` (the "
             f"runs the study pages are made of; their configurations and logs are kept in `{runs.kept}`), on "
             f"{machine_line()}. Test top-1 after the last epoch, on the 10,000 Fashion-MNIST test images for the "
             f"built-in data (a separate model's one width is its 1: ST_025 is the model of width 0.25). A run that "

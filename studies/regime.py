@@ -6,10 +6,10 @@ each budget, Scala, Separate Training (ST) and ST+KD (separate models taught by 
 the teacher always three times the budget, and reports Scala minus ST against the budget; then the same at the
 smallest budget for the default model made twice as deep (`--no-capacity` leaves that out).
 
-    python benchmarks/regime.py                      # 5, 10 and 20 epochs; writes docs/regime.md
-    python benchmarks/regime.py --budgets 5 10 20 40
-    python benchmarks/regime.py --budgets 5 10 20 --max-teacher-epochs 30 --kd-budgets 5 10   # a cheaper 20
-    python benchmarks/regime.py --quick              # the pipeline on a few steps a run, for the test suite
+    python studies/regime.py                      # 5, 10 and 20 epochs; writes docs/regime.md
+    python studies/regime.py --budgets 5 10 20 40
+    python studies/regime.py --budgets 5 10 20 --max-teacher-epochs 30 --kd-budgets 5 10   # a cheaper 20
+    python studies/regime.py --quick              # the pipeline on a few steps a run, for the test suite
 
 Runs are shared with the other studies of the same --output (the 5-epoch runs are paper_table.py's).
 """

@@ -5,8 +5,8 @@ width is trained in about xi = 2/(X-2) of the steps: with X = 4 every width trai
 sharing and distillation set Scala apart from Separate Training. The paper (Table 4 / Table 9, DeiT-S) finds X = 25 /
 13 / 7 / 4 give 58.4 / 58.7 / 59.8 / 59.8 at r = 0.25 and 76.2 / 76.1 / 76.5 / 76.7 at r = 1.
 
-    python benchmarks/granularity.py             # writes docs/granularity.md
-    python benchmarks/granularity.py --quick     # the pipeline on a few steps a run, for the test suite
+    python studies/granularity.py             # writes docs/granularity.md
+    python studies/granularity.py --quick     # the pipeline on a few steps a run, for the test suite
 
 Runs are shared with the other studies of the same --output (the 1/16 run is paper_table.py's Scala).
 """

@@ -5,7 +5,7 @@ Each candidate (patch size, width, heads, depth) trains at full width from the s
 costs about twice a full-width step, so the best model for a few minutes of Scala training on this CPU is the one that
 learns most per second here.
 
-    python benchmarks/choose_default_model.py --seconds 150
+    python studies/choose_default_model.py --seconds 150
 """
 import argparse
 import time

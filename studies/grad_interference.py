@@ -7,8 +7,8 @@ those of Scala and of Scala without Isolated Activation: does the smallest width
 gradient there larger than the full width's), and does Isolated Activation remove the conflict between them that the
 paper says it removes? The paper gives no numbers for this; the page reports what is measured.
 
-    python benchmarks/grad_interference.py             # writes docs/grad_interference.md
-    python benchmarks/grad_interference.py --quick     # the pipeline on a few steps a run, for the test suite
+    python studies/grad_interference.py             # writes docs/grad_interference.md
+    python studies/grad_interference.py --quick     # the pipeline on a few steps a run, for the test suite
 
 The two runs are paper_table.py's (trained here if that study has not run yet).
 """

@@ -6,8 +6,8 @@ trained on the first half (the source); on the second half, at the same epoch bu
 (`--init --freeze-backbone`), (c) Scala trained from scratch and (d) separately trained models at 0.25 / 0.5 / 0.75 /
 1.0. Every width's test top-1 goes to docs/transfer.md with a plot, the command and the time each run took.
 
-    python benchmarks/transfer.py                 # the study (writes docs/transfer.md)
-    python benchmarks/transfer.py --quick         # the same pipeline on a few steps a run, for the test suite
+    python studies/transfer.py                 # the study (writes docs/transfer.md)
+    python studies/transfer.py --quick         # the same pipeline on a few steps a run, for the test suite
 
 A stopped study continues where it stopped: finished runs are reused, interrupted ones resumed.
 """

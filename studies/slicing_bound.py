@@ -5,8 +5,8 @@ every model has. The grid step is 1/16 for every bound, so each width's channels
 heads. Reported: top-1 at every width each run has, the mean over the widths all four share (0.5 to 1), and the
 trade-off of the range of widths against that mean.
 
-    python benchmarks/slicing_bound.py             # writes docs/slicing_bound.md
-    python benchmarks/slicing_bound.py --quick     # the pipeline on a few steps a run, for the test suite
+    python studies/slicing_bound.py             # writes docs/slicing_bound.md
+    python studies/slicing_bound.py --quick     # the pipeline on a few steps a run, for the test suite
 
 Runs are shared with the other studies of the same --output (the 0.25 run is paper_table.py's Scala).
 """

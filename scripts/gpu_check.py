@@ -45,7 +45,8 @@ import torch
 from PIL import Image
 
 import scalavit  # noqa: F401  (registers the scala_* models)
-from scalavit.compiled import JitCompiledWidths, compile_for_training
+from scalavit.compiled import JitCompiledWidths
+from scalavit.compiled_training import compile_for_training
 from scalavit.config import TrainConfig
 from scalavit.data import FASHION_MNIST_ROOT, FashionMNIST
 from scalavit.evaluate import time_alternately
@@ -53,7 +54,8 @@ from scalavit.model import FASHION_MODEL
 from scalavit.report import read_report
 from scalavit.train import Trainer
 
-sys.path.insert(0, str(Path(__file__).parent))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / 'benchmarks'), str(ROOT / 'studies')]  # the speed measurements it repeats on CUDA
 from loader_speed import images_per_second  # noqa: E402
 from study import fashion_subset  # noqa: E402
 from train_step import make_batch, scala_step_fn, step_widths  # noqa: E402

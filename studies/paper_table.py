@@ -7,8 +7,8 @@ the same teacher, the paper's Table 7 row) and Scala without each of Isolated Ac
 Transfer, Stable Sampling and Noise Calibration with one. Every run is evaluated at every width; the tables, the
 plot, and each of the paper's claims against the seed-to-seed spread go to docs/RESULTS.md.
 
-    python benchmarks/paper_table.py               # the whole study (writes docs/RESULTS.md)
-    python benchmarks/paper_table.py --quick       # the same pipeline on a few steps per run, for CI
+    python studies/paper_table.py               # the whole study (writes docs/RESULTS.md)
+    python studies/paper_table.py --quick       # the same pipeline on a few steps per run, for CI
 
 A stopped study continues where it stopped: finished trainings and evaluations are reused (also by the other studies
 that share its --output), and the time each stage took is kept in <output>/timings.json.
