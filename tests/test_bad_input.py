@@ -103,6 +103,10 @@ CASES = {
     'train classes that differ between splits': (
         lambda T, S: ['train', '--data', with_extra_train_class(S / 'data'), '--output', S / 'run'],
         "must hold the same class folders: 'sandal' only in"),
+    'export to a path named like a file': (
+        lambda T, S: ['export', T / 'scala', '--width', '0.5', '--format', 'onnx', '--output', S / 'w50.onnx'],
+        'names a file, but an export is a folder holding model.onnx, config.json and export.json; give a folder '
+        'such as --output'),
     'export into its run': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output', T / 'scala', '--force'],
                             'is or contains the checkpoint being exported'),
     'export output is a file': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output',

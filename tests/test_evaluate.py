@@ -36,7 +36,7 @@ def test_eval_reports_every_width_and_agrees_with_the_training_log(trained, caps
     final = read_log(run)[-1]
     for row in rows:
         assert row['top1'] == pytest.approx(final[f"top1@{row['width']:g}"], abs=1e-6)
-        assert row['top1'] <= row['top5'] <= 100 and row['latency_ms_median'] <= row['latency_ms_p90']
+        assert row['top1'] <= row['top5']  # top-5 contains top-1: swapped columns would show here
     assert [r['macs'] for r in rows] == sorted(r['macs'] for r in rows)
     assert report['meta']['threads'] >= 1 and report['meta']['torch'].startswith('2.')
     assert (run / 'results.csv').read_text().splitlines()[0].startswith('width,top1,top5,params,macs')
@@ -79,7 +79,10 @@ def test_eval_takes_a_checkpoint_in_the_authors_format(trained, tmp_path, capsys
     assert main(['eval', str(tmp_path / 'authors.pth'), '--data', str(folder), '--model', 'scala_vit_mini_patch7_28',
                  '--latency-repeats', '2']) == 0
     rows = json.loads((tmp_path / 'results.json').read_text())['rows']
-    assert len(rows) == 13 and all(0 <= r['top1'] <= 100 for r in rows)
+    # the same weights as the run it was made from, with LayerNorm eps 1e-5 instead of 1e-6: at most one of the 12
+    # images changes its class at any width
+    final = read_log(trained / 'scala')[-1]
+    assert len(rows) == 13 and all(abs(r['top1'] - final[f"top1@{r['width']:g}"]) <= 100 / 12 + 0.01 for r in rows)
 
 
 def test_eval_reports_the_images_it_scored_and_those_it_skipped(trained, tmp_path, capsys):

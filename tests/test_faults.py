@@ -78,6 +78,7 @@ def deterministic(rows):
     return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
 
 
+@pytest.mark.slow  # kills and resumes a training many times
 def test_training_killed_anywhere_resumes_to_the_uninterrupted_result(tmp_path):
     folder = make_image_folder(tmp_path / 'data')
     options = ['--data', str(folder), *FAST, '--epochs', '3']

@@ -15,6 +15,8 @@ import gpu_check  # noqa: E402
 from scalavit.data import read_fashion_mnist  # noqa: E402
 from test_data import write_idx  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs the GPU checks' jobs: scripts/test.sh --fast skips it
+
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU: the script would run its checks')
 def test_without_cuda_the_script_says_so_in_one_line_and_stops():

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # trains the paper table's runs: scripts/test.sh --fast skips it
+
 SCRIPT = Path(__file__).parents[1] / 'studies' / 'paper_table.py'
 
 

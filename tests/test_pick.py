@@ -74,3 +74,12 @@ def test_a_report_of_other_weights_is_not_used(trained, tmp_path, capsys):
     assert saved['meta']['weights_sha256'] == weights_digest(checkpoint['model'])
     assert main(['pick', str(run), '--macs', '1e12']) == 0  # the new report is of these weights: used as it is
     assert 'evaluating again' not in capsys.readouterr().out
+
+
+def test_budgets_take_the_suffixes_people_write(trained, capsys):
+    assert main(['pick', str(trained / 'scala'), '--macs', '3M', '--repeats', '2']) == 0
+    assert 'within the budget' in capsys.readouterr().out
+    assert main(['pick', str(trained / 'scala'), '--params', '0.2K', '--repeats', '2']) == 2  # 200 parameters: none
+    assert 'no width fits' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(['pick', str(trained / 'scala'), '--macs', '3Q'])

@@ -19,6 +19,8 @@ from PIL import Image
 import serving
 from serving import Server
 
+pytestmark = pytest.mark.slow  # holds a real server against slow clients: scripts/test.sh --fast skips it
+
 LIMITS = ['--max-queue', '64', '--header-timeout', '2', '--body-timeout', '8', '--keep-alive-timeout', '2',
           '--max-connections', '256', '--max-body-bytes', '2000000', '--max-pixels', '16000000']
 MEMORY_BOUND = 300 * 2 ** 20  # resident memory may grow this much over the server's at the start of the tests

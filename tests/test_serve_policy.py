@@ -315,3 +315,43 @@ def test_the_batcher_plans_for_the_offered_rate_refusals_included_and_forgets_it
     clock.now += 1.0
     queue.plan(clock.now)
     assert policy.rate == 0
+
+
+def test_many_threads_submitting_while_the_model_thread_plans_each_get_their_own_answer_once():
+    """Real concurrency: 8 threads submit 40 requests each against a running model thread (a 1 ms forward)."""
+    def forward(items, width):
+        time.sleep(1e-3)
+        return [f'{item}@{width}' for item in items]
+
+    queue = Batcher(forward, PROFILE, SlackFit(), max_queue=32)
+    queue.start()
+    outcomes, lock = {}, threading.Lock()
+
+    def client(name):
+        for i in range(40):
+            item = f'{name}-{i}'
+            try:
+                future = queue.submit(item, slo_s=0.2)
+            except Refused:
+                outcome = 'refused'
+            else:
+                try:
+                    answer = future.result(timeout=10)
+                    outcome = answer.output.split('@')[0]  # its own item, whatever the width
+                except Missed:
+                    outcome = 'missed'
+            with lock:
+                assert item not in outcomes
+                outcomes[item] = outcome
+
+    threads = [threading.Thread(target=client, args=(f'c{n}',)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert queue.healthy(stall_s=10)
+    assert queue.stop(timeout_s=10)
+    assert len(outcomes) == 8 * 40
+    answered = {item for item, outcome in outcomes.items() if outcome not in ('refused', 'missed')}
+    assert all(outcomes[item] == item for item in answered) and len(answered) > 0
+    assert len(queue) == 0

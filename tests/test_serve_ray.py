@@ -19,6 +19,8 @@ pytest.importorskip('ray.serve')
 
 from scalavit.serve.ray import app, deployment_options, parse_arguments  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts a Ray instance: scripts/test.sh --fast skips it
+
 
 @pytest.fixture(scope='module')
 def labelled_png(trained):

@@ -94,11 +94,16 @@ def test_concurrent_requests_are_batched(server, labelled_png):
 
 
 def test_metrics_parse_and_count_what_happened(server, labelled_png):
-    server.post(b'garbage')
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(f'{server.url}/metrics').text)}
-    requests = {s.labels['status']: s.value for s in families['scalavit_requests'].samples
-                if s.name == 'scalavit_requests_total'}
-    assert requests.get('400', 0) >= 1 and requests.get('200', 0) >= 1
+    def scrape():
+        families = {f.name: f for f in text_string_to_metric_families(httpx.get(f'{server.url}/metrics').text)}
+        counts = {s.labels['status']: s.value for s in families['scalavit_requests'].samples
+                  if s.name == 'scalavit_requests_total'}
+        return families, counts
+
+    _, before = scrape()
+    assert server.post(labelled_png[0]).status_code == 200 and server.post(b'garbage').status_code == 400
+    families, after = scrape()
+    assert after.get('200', 0) - before.get('200', 0) == 1 and after.get('400', 0) - before.get('400', 0) == 1
     for name in ('scalavit_request_latency_seconds', 'scalavit_queue_seconds', 'scalavit_batch_size',
                  'scalavit_width', 'scalavit_slo_misses', 'scalavit_refusals', 'scalavit_queue_length'):
         assert name in families, name

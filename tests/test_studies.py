@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # trains the studies' runs: scripts/test.sh --fast skips it
+
 STUDIES = Path(__file__).parents[1] / 'studies'
 
 
-@pytest.fixture(scope='module')
-def output(tmp_path_factory):
-    return tmp_path_factory.mktemp('studies') / 'runs'
 
 
 def study(name: str, output: Path, *args: str) -> tuple[str, str]:
@@ -32,7 +31,7 @@ def cells(page: str, first: str) -> list[str]:
     return next(line for line in page.splitlines() if line.startswith(f'| {first} |')).split(' | ')
 
 
-def test_constant_activation_trains_each_variant_without_the_smallest_at_every_step(output):
+def check_constant_activation_trains_each_variant_without_the_smallest_at_every_step(output):
     _, page = study('constant_activation', output)
     assert config(output, 'Scala_wo_CA_5ep_s0_t15')['always_smallest'] is False
     assert config(output, 'Scala_wo_IA_wo_CA_5ep_s0_t15')['isolated_activation'] is False
@@ -42,7 +41,7 @@ def test_constant_activation_trains_each_variant_without_the_smallest_at_every_s
     assert '| US-Net → US-Net w/o CA |' in page
 
 
-def test_granularity_trains_four_grids_and_gives_each_its_expected_epochs(output):
+def check_granularity_trains_four_grids_and_gives_each_its_expected_epochs(output):
     stdout, page = study('granularity', output)
     assert '[Scala 5ep s0 t15] already trained' in stdout  # shared with the study before
     assert config(output, 'Scala_grid_1-32_5ep_s0_t15')['granularity'] == 1 / 32
@@ -50,7 +49,7 @@ def test_granularity_trains_four_grids_and_gives_each_its_expected_epochs(output
         ['4', '5.00'], ['7', '2.00'], ['13', '0.91'], ['25', '0.43']]
 
 
-def test_slicing_bound_trains_each_smallest_width(output):
+def check_slicing_bound_trains_each_smallest_width(output):
     _, page = study('slicing_bound', output)
     assert config(output, 'Scala_smallest_0125_5ep_s0_t15')['smallest'] == 0.125
     assert cells(page, '0.125')[1] == '15' and cells(page, '0.5')[1] == '9'
@@ -59,7 +58,7 @@ def test_slicing_bound_trains_each_smallest_width(output):
     assert row[2:8] == [''] * 6 and all(float(cell) >= 0 for cell in row[8:17])
 
 
-def test_grad_interference_reads_the_gradients_the_scala_runs_recorded(output):
+def check_grad_interference_reads_the_gradients_the_scala_runs_recorded(output):
     stdout, page = study('grad_interference', output)
     assert '] trained in' not in stdout  # both runs were trained by the studies before
     for pair in ('full and upper', 'full and smallest', 'lower and smallest'):
@@ -69,7 +68,7 @@ def test_grad_interference_reads_the_gradients_the_scala_runs_recorded(output):
     assert (root / 'grad_interference_cosine.png').read_bytes()[:4] == b'\x89PNG'
 
 
-def test_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reused(output):
+def check_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reused(output):
     _, page = study('regime', output, '--budgets', '5', '10')
     assert config(output, 'Scala_10ep_s0_t30')['teacher'].endswith('teacher_30ep/last.pt')
     assert config(output, 'STplusKD_025_10ep_s0_t30')['epochs'] == 10
@@ -86,7 +85,7 @@ def test_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reu
     assert '] trained in' not in again
 
 
-def test_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_whose_student_is_missing(output):
+def check_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_whose_student_is_missing(output):
     root = output.with_name(output.name + '_quick')
     kept = root / 'data' / 'study_runs'
     assert json.loads((kept / 'Scala_10ep_s0_t30' / 'config.json').read_text())['epochs'] == 10
@@ -107,7 +106,7 @@ def test_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_wh
         old.rename(root)
 
 
-def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
+def check_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     root = output.with_name(output.name + '_quick')
     result = subprocess.run([sys.executable, str(STUDIES / 'study.py'), '--output', str(root), '--doc',
                              str(root / 'study_runs.md')], capture_output=True, text=True, timeout=300)
@@ -135,7 +134,7 @@ def test_the_record_of_finished_runs_lists_each_with_its_accuracy(output):
     assert cells(rewritten, 'Scala_5ep_s0_t15 (earlier)')[1] == 'usnet'
 
 
-def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_not_trained_again(output):
+def check_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_not_trained_again(output):
     root = output.with_name(output.name + '_quick')
     listed = cells((root / 'study_runs.md').read_text(), 'ST_025_5ep_s0')  # the page the test before wrote
     for folder in (root, root / 'data' / 'study_runs'):  # trained on a machine whose runs and record are gone
@@ -156,6 +155,21 @@ def test_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_no
     ten = cells(page, '10')
     assert ten[1].endswith('(15)') and ten[3] == ten[6] == '-'
     assert not (root / 'STplusKD_025_10ep_s0_t15').exists()
+
+
+
+def test_the_studies_share_their_runs_write_their_pages_and_keep_their_record(tmp_path):
+    """One test, because the studies build on each other as they do for real: each reuses the runs of those before
+    it, and the record is checked after they all ran. Each step below is what a former test of its own asserted."""
+    output = tmp_path / 'runs'
+    check_constant_activation_trains_each_variant_without_the_smallest_at_every_step(output)
+    check_granularity_trains_four_grids_and_gives_each_its_expected_epochs(output)
+    check_slicing_bound_trains_each_smallest_width(output)
+    check_grad_interference_reads_the_gradients_the_scala_runs_recorded(output)
+    check_regime_trains_each_budget_with_a_teacher_three_times_as_long_and_is_reused(output)
+    check_a_new_machine_reuses_the_kept_record_and_trains_again_only_a_teacher_whose_student_is_missing(output)
+    check_the_record_of_finished_runs_lists_each_with_its_accuracy(output)
+    check_a_run_known_only_by_its_row_of_the_runs_page_is_taken_from_there_and_not_trained_again(output)
 
 
 def test_the_regime_verdict_names_the_budgets_where_one_seed_cannot_tell_scala_from_st():

@@ -4,7 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # trains the transfer study's runs: scripts/test.sh --fast skips it
 
 SCRIPT = Path(__file__).parents[1] / 'studies' / 'transfer.py'
 

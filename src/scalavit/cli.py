@@ -13,7 +13,7 @@ from .checkpoint import load_model, trusted_checkpoints
 from .compiled import CompileError
 from .config import TrainConfig, option_kind, parse_number, read_config_file
 from .evaluate import count_macs, count_params, evaluate, evaluation_set, median_ms, time_call
-from .export import FORMATS, export_width
+from .export import FORMATS, check_names_a_folder, export_width
 from .files import check_writable_directory
 from .model import FASHION_MODEL, check_device, check_slimmable_model_name
 from .pick import BUDGETS, choose, rows_for
@@ -56,6 +56,18 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/16")
 
 
+_SUFFIXES = {'K': 1e3, 'M': 1e6, 'G': 1e9}
+
+
+def _amount(text: str) -> float:
+    """A count such as 3M, 1.5G or 250000 (K, M, G: thousands, millions, billions)."""
+    factor = _SUFFIXES.get(text[-1:].upper(), 1)
+    try:
+        return float(text[:-1] if factor != 1 else text) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number such as 3M, 1.5G or 250000") from None
+
+
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field; options left out keep the --config file's value, then the default."""
     for field in dataclasses.fields(TrainConfig):
@@ -80,10 +92,11 @@ def _add_trust_option(parser: argparse.ArgumentParser, files: str) -> None:
 
 
 def _add_compile_options(parser: argparse.ArgumentParser, serving: bool = False) -> None:
-    how = ("torch.compile with inductor's C++ wrapper on the CPU, which releases the GIL; AOTInductor on CUDA" if serving
-           else 'torch.export + AOTInductor')
+    cpu = ("torch.compile with inductor's C++ wrapper, which releases the GIL" if serving
+           else 'torch.export + AOTInductor packages')
     parser.add_argument('--compile', action='store_true',
-                        help=f'run every width compiled ({how}; one graph per width, compiled once, then cached)')
+                        help=f'run every width compiled, one graph per width, compiled once, then cached: on the CPU '
+                             f'{cpu}; on CUDA torch.compile replayed as CUDA graphs')
     parser.add_argument('--compile-cache', type=Path,
                         help='folder of the compiled widths (default $SCALAVIT_CACHE_DIR or ~/.cache/scalavit/compiled)')
 
@@ -163,6 +176,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
+    check_names_a_folder(args.output, args.format)
     model, config = load_model(args.checkpoint, args.model)
     inputs = _sample_images(model, args.data or config.get('data'), args.images) if (args.data or config) else None
     check = export_width(model, args.width, args.output, args.format, args.force, inputs,
@@ -258,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     widths = commands.add_parser('widths', help="show a model's width grid: channels, parameters, MACs, latency")
     widths.add_argument('--model', default=FASHION_MODEL, help=f'a scala_* model name (default {FASHION_MODEL})')
-    widths.add_argument('--smallest', type=float, default=0.25)
-    widths.add_argument('--largest', type=float, default=1.0)
+    widths.add_argument('--smallest', type=float, default=0.25, help='the narrowest width ratio (default 0.25)')
+    widths.add_argument('--largest', type=float, default=1.0, help='the widest width ratio (default 1.0)')
     widths.add_argument('--granularity', type=_number, default=1 / 16, help='step between widths, e.g. 1/16')
     widths.add_argument('--repeats', type=int, default=20, help='timed batch-1 calls per width')
     widths.set_defaults(run=_widths)
@@ -317,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     pick.add_argument('checkpoint')
     budget = pick.add_mutually_exclusive_group(required=True)
     budget.add_argument('--latency-ms', type=float, help='median latency budget in milliseconds')
-    budget.add_argument('--macs', type=float, help='MACs per image')
-    budget.add_argument('--params', type=float, help='parameters')
+    budget.add_argument('--macs', type=_amount, help='MACs per image, e.g. 3M')
+    budget.add_argument('--params', type=_amount, help='parameters, e.g. 200K')
     pick.add_argument('--batch', type=int, default=1, help='batch size the latency budget is for')
     pick.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     pick.add_argument('--data', help="evaluation data when no evaluation is saved (default: the training data)")

@@ -6,6 +6,7 @@ always scales by head_dim ** -0.5.
 """
 import importlib.util
 import json
+import warnings
 from functools import partial
 from pathlib import Path
 from typing import Any, Optional
@@ -114,6 +115,21 @@ FORMATS = ('safetensors', 'onnx', 'pt2', 'aoti', 'torchscript')
 ONNX_OPSET = 17
 
 
+MODEL_FILES = {'safetensors': 'model.safetensors', 'onnx': 'model.onnx', 'pt2': 'model.pt2', 'aoti': 'model_aoti.pt2',
+               'torchscript': 'model.pt'}
+
+
+def check_names_a_folder(output: Path, fmt: str) -> None:
+    """An export is a folder (the model file, config.json, export.json): an ``--output`` named like a model file
+    (``w50.onnx``) would make a folder of that name, which ONNX Runtime or timm would then fail to open as a file."""
+    suffixes = {'.safetensors', '.onnx', '.pt2', '.pt', '.pth', '.bin'}
+    if Path(output).suffix.lower() in suffixes:
+        folder = Path(output).with_suffix('')
+        raise ValueError(f"--output {output} names a file, but an export is a folder holding "
+                         f"{MODEL_FILES.get(fmt, 'the model')}, config.json and export.json; give a folder such as "
+                         f"--output {folder} (the model is then {folder / MODEL_FILES.get(fmt, 'model')})")
+
+
 def export_width(model: SlimmableVisionTransformer, width: float, output: Path, fmt: str = 'safetensors',
                  force: bool = False, inputs: Optional[torch.Tensor] = None,
                  checkpoint: Optional[Path] = None) -> dict:
@@ -142,7 +158,10 @@ def export_width(model: SlimmableVisionTransformer, width: float, output: Path, 
     dense = to_timm(model, width, exact_norm=False).eval()
     if inputs is None:
         inputs = torch.randn(64, *model.pretrained_cfg['input_size'], generator=torch.Generator().manual_seed(0))
-    with staging_directory(output) as staging:
+    # The trace's warnings are about shape checks that a fixed input size makes constant: they concern nobody here,
+    # and the export is checked against the model below.
+    with staging_directory(output) as staging, warnings.catch_warnings():
+        warnings.simplefilter('ignore', torch.jit.TracerWarning)
         _save_timm_config(dense, model, width, staging)
         if fmt == 'safetensors':
             safetensors.torch.save_file(dense.state_dict(), str(staging / 'model.safetensors'))

@@ -271,6 +271,8 @@ class Trainer:
         self.scheduler.load_state_dict(checkpoint['scheduler'])
         self.scaler.load_state_dict(checkpoint['scaler'])
         self.epoch, self.step, self.best = checkpoint['epoch'], checkpoint['step'], checkpoint['best']
+        self._say(f"resuming {self.output} after epoch {self.epoch} (step {self.step}), towards {self.config.epochs} "
+                  "epochs")
         self.log_rows = list(checkpoint['log'])
         self.width_generator.set_state(checkpoint['random_states']['widths'])
         set_random_states(checkpoint['random_states'])  # rank 0's, which saved them
