@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -267,3 +268,22 @@ def test_compiled_training_under_torchrun_takes_the_eager_steps(run, tmp_path):
         assert logs[mode]['ranks_in_sync'], mode
         for key in ('loss_full', 'loss_upper', 'loss_lower', 'loss_smallest'):
             assert logs[mode][key] == pytest.approx(logs['eager'][key], rel=1e-4, abs=1e-5), (mode, key)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA graphs need a CUDA device')
+def test_cuda_graphs_answer_as_eager_at_every_width_and_batch_size(model, cache):
+    """On CUDA every width is captured as CUDA graphs at batches 1, 2, 4, ..., 64: a batch is padded up to the next
+    captured size (3 -> 4), a larger one (100) runs the compiled graph; each answers as the eager model."""
+    on_cuda = copy.deepcopy(model).cuda().eval()
+    widths = JitCompiledWidths(on_cuda, cache_dir=cache, progress=False, cuda_graphs=True)
+    with torch.no_grad():
+        for batch in (1, 3, 64, 100):
+            x = torch.randn(batch, 1, 28, 28, device='cuda')
+            for width in on_cuda.widths:
+                torch.testing.assert_close(widths(x, width), on_cuda(x, width), atol=1e-4, rtol=1e-4)
+    threads = [threading.Thread(target=lambda: widths(torch.randn(2, 1, 28, 28, device='cuda'), 1.0))
+               for _ in range(4)]  # replays from several threads, one at a time
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)

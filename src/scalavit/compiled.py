@@ -112,9 +112,9 @@ _LOAD_CHECK = 'import sys, torch; torch._inductor.aoti_load_package(sys.argv[1])
 
 
 def check_packages_load(path: Path, device: torch.device) -> None:
-    """Some torch builds crash the whole process when they load an AOTInductor package (seen: a segmentation fault
-    with torch 2.11.0+cu130, for any package, even one nn.Linear's). So the first package is loaded in a child
-    process, once per cache folder, torch build and device, and a crash there is a clear error here."""
+    """Some torch builds crash the whole process when they load an AOTInductor package (docs/compile.md). So the
+    first package is loaded in a child process, once per cache folder, torch build and device, and a crash there is
+    a clear error here."""
     key = hashlib.sha256(f'{torch.__version__} {_machine(device)}'.encode()).hexdigest()[:16]
     marker = path.parent / f'.packages-load-{key}'
     if marker.is_file():
@@ -274,8 +274,8 @@ class JitCompiledWidths(CompiledWidths):
     ``model(x, width)``.
 
     On the CPU with inductor's C++ wrapper, which releases Python's GIL while it computes: AOTInductor's Python
-    binding holds it for the whole forward (PyTorch issue 197516), and a server's HTTP thread would wait as long as a
-    batch computes. On CUDA with ``cuda_graphs`` each width is also captured as CUDA graphs at the batch sizes
+    binding holds it for the whole forward (docs/compile.md, "Serving"), and a server's HTTP thread would wait as long
+    as a batch computes. On CUDA with ``cuda_graphs`` each width is also captured as CUDA graphs at the batch sizes
     ``CUDA_GRAPH_BATCHES`` (``CudaGraphs``), which removes the host's per-kernel launch cost that bounds a small model
     there. One graph per width, its batch dimension unbacked so that every batch size, 1 included, runs the same graph
     (and no call compiles). Inductor caches the built code under ``cache_dir / 'inductor'``: a later start traces
