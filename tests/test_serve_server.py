@@ -74,7 +74,9 @@ def test_overload_is_refused_at_once_and_the_server_stays_up(server, labelled_pn
     png = labelled_png[0]
     hopeless = server.post(png, **{'X-SLO-Ms': '0.01'})
     assert hopeless.status_code == 503 and int(hopeless.headers['Retry-After']) >= 1
-    burst = server.burst([png] * 150, **{'X-SLO-Ms': '15'})
+    # 150 at once with 3 ms each: more than any machine's profile lets the queue answer in time (the batcher admits
+    # what its measured profile says can finish), so some are refused however fast the machine
+    burst = server.burst([png] * 150, **{'X-SLO-Ms': '3'})
     statuses = [r.status_code for r in burst]
     assert set(statuses) <= {200, 503} and 503 in statuses
     assert httpx.get(f'{server.url}/health/live').status_code == 200

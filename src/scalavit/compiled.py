@@ -13,6 +13,7 @@ wrapper, whose forward releases Python's GIL (the server's backend there), on CU
 ``compile_widths`` picks the kind for a device. (Compiling for training: ``compiled_training``.)
 """
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -32,6 +33,11 @@ from tqdm import tqdm
 
 from .files import write_atomically
 from .model import SlimmableVisionTransformer, _checked_input
+
+# On a CPU machine that has a CUDA toolkit, compiling makes torch say it found no CUDA runtime: true, and of no
+# concern to a CPU build, so that one line is left out.
+logging.getLogger('torch.utils.cpp_extension').addFilter(
+    lambda record: not record.getMessage().startswith('No CUDA runtime is found'))
 
 MAX_BATCH = 4096  # the largest batch one compiled call takes; larger ones are split
 CUDA_GRAPH_BATCHES = (1, 2, 4, 8, 16, 32, 64)  # the batch sizes captured on CUDA; a batch is padded up to one
