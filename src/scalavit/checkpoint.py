@@ -47,10 +47,8 @@ def trusted_checkpoints(trusted: bool = True) -> Iterator[None]:
 def read_torch_file(path: Path) -> Any:
     """``torch.load`` of a file from anywhere, on the CPU, never running code from it unless trusted."""
     try:
-        if _trusted:
-            return torch.load(path, map_location='cpu', weights_only=False)
         with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
-            return torch.load(path, map_location='cpu', weights_only=True)
+            return torch.load(path, map_location='cpu', weights_only=not _trusted)
     except pickle.UnpicklingError as error:
         if 'Weights only load failed' not in str(error):
             raise ValueError(f"{path} is not a readable PyTorch checkpoint ({error})") from None
