@@ -5,7 +5,9 @@ A cascade is grid widths ``r1 < r2 < ... < rk`` and a threshold for each step bu
 wider sub-network mixes all of its channels in every layer, so nothing of a narrower pass carries over: each later
 stage computes again from the image, and an escalated image costs the MACs of every stage it ran.
 """
+import itertools
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -28,7 +30,7 @@ def certainty(logits: torch.Tensor) -> torch.Tensor:
     """1 - entropy / log(classes): 1 for a one-hot prediction, 0 for a uniform one."""
     log_p = logits.log_softmax(-1)
     entropy = -(log_p.exp() * log_p).sum(-1)
-    return 1 - entropy / math.log(logits.shape[-1])
+    return (1 - entropy / math.log(logits.shape[-1])).clamp(0, 1)
 
 
 CONFIDENCES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -86,3 +88,61 @@ class Cascade(nn.Module):
             total += macs_per_width[width]
             spent[width] = total
         return torch.tensor([spent[width] for width in answered_at.tolist()], dtype=torch.float64)
+
+
+# A sweep: thresholds from "answer everything at the first width" (0) to "escalate everything" (above 1).
+SWEEP = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.01)
+
+
+@dataclass
+class StageOutputs:
+    """Every cascade width run on every image of a set: the confidence and the correctness of each (width, image),
+    from which any thresholds' outcome follows without running the model again."""
+
+    widths: list[float]
+    confidence: torch.Tensor  # [widths, images]
+    correct: torch.Tensor     # [widths, images], bool
+
+    def answered_stage(self, thresholds: list[float]) -> torch.Tensor:
+        """The stage (index into ``widths``) that answers each image."""
+        stage = torch.full((self.confidence.shape[1],), len(self.widths) - 1)
+        for step in reversed(range(len(self.widths) - 1)):
+            stage = torch.where(self.confidence[step] >= thresholds[step], step, stage)
+        return stage
+
+    def score(self, thresholds: list[float], macs_per_width: dict[float, int]) -> dict:
+        """Top-1 (%), mean MACs per image, and the fraction of the images each stage answered."""
+        stage = self.answered_stage(thresholds)
+        correct = self.correct.gather(0, stage[None]).squeeze(0)
+        cumulative = torch.tensor(list(itertools.accumulate(macs_per_width[w] for w in self.widths)),
+                                  dtype=torch.float64)
+        return dict(thresholds=list(thresholds), top1=round(100 * float(correct.double().mean()), 2),
+                    mean_macs=round(float(cumulative[stage].mean())),
+                    answered=[round(float((stage == i).double().mean()), 4) for i in range(len(self.widths))])
+
+
+def collect(model: SlimmableVisionTransformer, batches, widths: list[float], confidence: str = 'probability',
+            device: torch.device = torch.device('cpu')) -> StageOutputs:
+    """``StageOutputs`` of ``widths`` over ``batches`` of (images, targets, ...)."""
+    measure = CONFIDENCES[confidence]
+    confidences, corrects = [[] for _ in widths], [[] for _ in widths]
+    with torch.no_grad():
+        for images, targets, *_ in batches:
+            if images is None:
+                continue
+            images, targets = images.to(device), targets.to(device)
+            for i, width in enumerate(widths):
+                logits = model(images, width)
+                confidences[i].append(measure(logits).cpu())
+                corrects[i].append((logits.argmax(-1) == targets).cpu())
+    return StageOutputs(list(widths), torch.stack([torch.cat(c) for c in confidences]),
+                        torch.stack([torch.cat(c) for c in corrects]))
+
+
+def calibrate(stages: StageOutputs, macs_per_width: dict[float, int], within_points: float) -> dict:
+    """The cheapest thresholds of the sweep (the same at every step) whose top-1 on ``stages`` is within
+    ``within_points`` of the last width's; its score there."""
+    scores = [stages.score([t] * (len(stages.widths) - 1), macs_per_width) for t in SWEEP]
+    target = scores[-1]['top1'] - within_points  # the last threshold escalates every image
+    fitting = [s for s in scores if s['top1'] >= target - 1e-9]
+    return min(fitting, key=lambda s: (s['mean_macs'], -s['top1']))

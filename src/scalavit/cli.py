@@ -56,6 +56,11 @@ def _number(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number or a fraction such as 1/16")
 
 
+def _widths_list(text: str) -> list[float]:
+    """Widths such as 0.25,1.0 (fractions such as 1/4 work)."""
+    return [_number(part) for part in text.split(',') if part.strip()]
+
+
 _SUFFIXES = {'K': 1e3, 'M': 1e6, 'G': 1e9}
 
 
@@ -152,6 +157,8 @@ def _eval(args: argparse.Namespace) -> None:
         args.output = first if first.is_dir() else first.parent
     check_writable_directory(args.output, '--output')
     check_device(args.device)
+    if args.cascade and len(args.checkpoints) > 1:
+        raise ValueError("--cascade runs the widths of one slimmable checkpoint; give one")
     report = evaluate(args.checkpoints, args.data, args.device, args.batch_size, args.workers, args.latency_repeats,
                       model_name=args.model, compile=args.compile, compile_cache=args.compile_cache)
     write_report(report, args.output, args.output.name)
@@ -162,6 +169,24 @@ def _eval(args: argparse.Namespace) -> None:
           f"{meta['threads']} threads, fp32, {'compiled' if meta['compiled'] else 'eager'}")
     print(table(report['rows']))
     print(f"results.csv, results.json, accuracy_vs_macs.png, accuracy_vs_latency.png in {args.output}")
+    if args.cascade:
+        _eval_cascade(args, report['rows'])
+
+
+def _eval_cascade(args: argparse.Namespace, static_rows: list[dict]) -> None:
+    from . import cascade_report
+
+    result = cascade_report.evaluate_cascade(
+        args.checkpoints[0], args.cascade, args.data, args.device, args.batch_size, args.workers,
+        args.cascade_within, args.calibration, args.confidence, args.model)
+    cascade_report.write(result, static_rows, args.output)
+    print(cascade_report.table(result))
+    latency, chosen = result['latency_ms'], result['evaluation']['chosen']
+    print(f"chosen thresholds {chosen['thresholds']}: top-1 {chosen['top1']:.2f}% at "
+          f"{chosen['mean_macs'] / result['macs'][result['widths'][-1]]:.1%} of width {result['widths'][-1]:g}'s MACs; "
+          f"mean latency {latency['cascade_batch1'] / latency['last_width_batch1']:.2f}x its own at batch 1, "
+          f"{latency['cascade_batch64'] / latency['last_width_batch64']:.2f}x at batch 64")
+    print(f"cascade.json, accuracy_vs_macs_cascade.png in {args.output}")
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -299,6 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(evaluation)
     _add_trust_option(evaluation, 'the checkpoints')
+    cascade = evaluation.add_argument_group('cascades: an image answered at the first width sure enough of it')
+    cascade.add_argument('--cascade', type=_widths_list, help='increasing grid widths, e.g. 0.25,1.0')
+    cascade.add_argument('--cascade-within', type=float, default=0.3,
+                         help="thresholds chosen as the cheapest within this many points of the last width's top-1 "
+                              "on the calibration images (default 0.3)")
+    cascade.add_argument('--calibration', help="image folder (FOLDER/<class>/<image>) to choose thresholds on "
+                                               "(default: 5000 images of the training split; never the evaluation "
+                                               "split)")
+    cascade.add_argument('--confidence', default='probability', choices=('probability', 'margin', 'entropy'),
+                         help='top-1 probability (default), top-1 minus top-2, or 1 - normalised entropy')
     evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser('compare', help='draw several evaluated runs on one plot and one table')

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import create_transform
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, Subset, default_collate
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from tqdm import tqdm
@@ -249,3 +249,17 @@ def build_eval_dataset(data: str, transform: Callable, in_chans: int) -> tuple[D
             "files, or an image folder with train/<class>/ and val/<class>/")
     eval_set = image_folder(root / 'val', transform, in_chans)
     return eval_set, eval_set.classes
+
+
+def build_calibration_dataset(data: str, transform: Callable, in_chans: int, count: int,
+                              folder: Optional[str] = None) -> Dataset:
+    """Images to choose thresholds on, never the evaluation split: ``folder`` (an image folder of the same classes,
+    ``FOLDER/<class>/<image>``) when given, else ``count`` images spread evenly over the training split (which the
+    model has seen: thresholds chosen there are, if anything, too trusting)."""
+    if folder is not None:
+        return image_folder(Path(folder), transform, in_chans)
+    root = fashion_mnist_root(data)
+    dataset = FashionMNIST('train', transform, root) if root is not None else image_folder(
+        Path(data) / 'train', transform, in_chans)
+    step = max(1, len(dataset) // count)
+    return Subset(dataset, range(0, len(dataset), step)[:count])
