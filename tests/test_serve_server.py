@@ -95,6 +95,21 @@ def test_concurrent_requests_are_batched(server, labelled_png):
     assert max(r.json()['batch_size'] for r in answers) > 1
 
 
+def test_stats_show_the_last_seconds_of_requests(server, labelled_png):
+    def totals():
+        seconds = httpx.get(f'{server.url}/stats', params={'seconds': 300}).json()['seconds']
+        return {key: sum(s[key] for s in seconds) for key in ('offered', 'answered')}
+
+    before = totals()
+    answers = [server.post(labelled_png[0], **{'X-Width': '0.25'}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200] * 3
+    after = totals()
+    assert (after['offered'] - before['offered'], after['answered'] - before['answered']) == (3, 3)
+    body = httpx.get(f'{server.url}/stats', params={'seconds': 5}).json()
+    assert len(body['seconds']) == 5 and body['slo_ms'] == 100 and body['widths'][0] == 0.25
+    assert httpx.get(f'{server.url}/stats', params={'seconds': 0}).json()['error'].startswith('seconds must be')
+
+
 def test_metrics_parse_and_count_what_happened(server, labelled_png):
     def scrape():
         families = {f.name: f for f in text_string_to_metric_families(httpx.get(f'{server.url}/metrics').text)}
@@ -180,6 +195,8 @@ def test_a_stuck_model_thread_makes_the_server_unready_and_requests_end_by_their
         assert ready.status_code == 503 and 'model thread' in ready.json()['error']
         assert client.get('/v2/health/ready').status_code == 503
         assert client.get('/health/live').status_code == 200
+        stats = client.get('/stats', params={'seconds': 30})  # from its own records: it never waits on the model
+        assert stats.status_code == 200 and sum(s['refused'] for s in stats.json()['seconds']) >= 1
         release.set()
         service.batcher.run = real_run
         while client.get('/health/ready').status_code != 200:

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .service import Problem, Served, Service, read_body
+from .stats import WINDOW_S
 from .v2 import v2_router
 
 log = logging.getLogger('scalavit.serve')
@@ -107,6 +108,16 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
     async def metrics():
         return Response(service.metrics.exposition(len(service.batcher or ()), service.in_progress),
                         media_type=service.metrics.content_type)
+
+    @app.get('/stats')
+    async def stats(seconds: int = 60):
+        """The last ``seconds`` (at most 300), second by second: offered, answered, refused and late requests,
+        latency percentiles, the widths and batch sizes that ran; never waits on the model."""
+        if not 1 <= seconds <= WINDOW_S:
+            return error(400, f"seconds must be from 1 to {WINDOW_S}, got {seconds}")
+        return {'slo_ms': service.settings.slo_ms, 'policy': service.policy.name, 'widths': list(service.runner.widths),
+                'queue_length': len(service.batcher or ()), 'in_progress': service.in_progress,
+                'seconds': service.metrics.live.snapshot(seconds)}
 
     @app.post('/predict')
     async def predict(request: Request):

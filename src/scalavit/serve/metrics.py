@@ -1,5 +1,8 @@
-"""The server's Prometheus metrics (``/metrics``): what was answered, how fast, at which width, what was refused."""
+"""The server's Prometheus metrics (``/metrics``): what was answered, how fast, at which width, what was refused;
+and the same events second by second for ``/stats`` (``LiveStats``)."""
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .stats import LiveStats
 
 LATENCY_BUCKETS = (.001, .002, .005, .01, .02, .03, .05, .075, .1, .15, .2, .3, .5, 1, 2, 5)
 
@@ -27,26 +30,31 @@ class Metrics:
         self.queue_length = Gauge('scalavit_queue_length', 'Requests waiting for the model', registry=r)
         self.in_progress = Gauge('scalavit_requests_in_progress', 'Inference requests being read, decoded, queued '
                                  'or computed', registry=r)
+        self.live = LiveStats()
 
     def responded(self, status: int) -> None:
         self.requests.labels(str(status)).inc()
+        self.live.responded(status)
 
     def decoded(self, seconds: float) -> None:
         self.decode_time.observe(seconds)
 
     def on_batch(self, batch, compute_s: float) -> None:
         self.batch_size.observe(len(batch.requests))
+        self.live.batch(len(batch.requests))
 
     def answered(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
         self.latency.observe(latency_s)
         self.queue_time.observe(queue_s)
         self.width.observe(width)
+        self.live.answered(latency_s, width, missed)
         if missed:
             self.slo_misses.inc()
 
     def refused(self, reason: str) -> None:
         self.refusals.labels(reason).inc()
         self.slo_misses.inc()
+        self.live.refused()
 
     def exposition(self, queue_length: int, in_progress: int) -> bytes:
         self.queue_length.set(queue_length)

@@ -241,6 +241,7 @@ class Service:
             raise Problem(500, f"the model failed on this request's batch ({failed})") from None
         except asyncio.TimeoutError:
             log.error("the model thread did not answer a request within %.1f s", slo_s + self.stall_s)
+            self.metrics.refused('stalled')
             raise Problem(503, f"the model did not answer within {slo_s + self.stall_s:.1f} s; this server is not "
                                "ready (see /health/ready)", 1.0) from None
 
