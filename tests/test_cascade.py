@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder, tiny_model
-from scalavit.cascade import Cascade, StageOutputs, calibrate, collect
+from scalavit.cascade import ESCALATE_ALL, Cascade, StageOutputs, calibrate, collect, sweep
 from scalavit.cli import main
 from scalavit.data import build_calibration_dataset
 
@@ -117,8 +117,10 @@ def test_calibration_takes_the_cheapest_thresholds_within_the_budget():
     stages = StageOutputs([0.25, 1.0], torch.tensor([[0.95, 0.9, 0.6, 0.3], [1.0, 1.0, 1.0, 1.0]]),
                           torch.tensor([[True, True, False, False], [True, True, True, True]]))
     chosen = calibrate(stages, {0.25: 10, 1.0: 100}, within_points=0.0)
-    # thresholds up to 0.6 answer a wrong image small; 0.7 to 0.9 keep 100% at 10 + 100 * 2/4 = 60 MACs
-    assert chosen['top1'] == 100.0 and chosen['mean_macs'] == 60 and chosen['thresholds'] == [0.7]
+    # the sweep tries the first width's confidences: 0.6 or below answers a wrong image small; 0.9 keeps 100% at
+    # 10 + 100 * 2/4 = 60 MACs (0.95 would escalate one more image)
+    assert sweep(stages, points=4) == pytest.approx([0.0, 0.3, 0.6, 0.9, 0.95, ESCALATE_ALL])
+    assert chosen['top1'] == 100.0 and chosen['mean_macs'] == 60 and chosen['thresholds'] == pytest.approx([0.9])
     loose = calibrate(stages, {0.25: 10, 1.0: 100}, within_points=50.0)
     assert loose['thresholds'] == [0.0] and loose['mean_macs'] == 10 and loose['top1'] == 50.0
 

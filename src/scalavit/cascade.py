@@ -90,8 +90,7 @@ class Cascade(nn.Module):
         return torch.tensor([spent[width] for width in answered_at.tolist()], dtype=torch.float64)
 
 
-# A sweep: thresholds from "answer everything at the first width" (0) to "escalate everything" (above 1).
-SWEEP = (0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999, 1.01)
+ESCALATE_ALL = 1.01  # above every confidence: every image goes on to the last width
 
 
 @dataclass
@@ -139,10 +138,19 @@ def collect(model: SlimmableVisionTransformer, batches, widths: list[float], con
                         torch.stack([torch.cat(c) for c in corrects]))
 
 
+def sweep(stages: StageOutputs, points: int = 40) -> list[float]:
+    """Thresholds to try, the same at every step: 0 (everything answered at the first width), the first width's
+    confidences at ``points`` evenly spaced quantiles (so that each lets on another share of the images), and
+    ``ESCALATE_ALL``."""
+    levels = torch.linspace(0, 1, points + 1, dtype=torch.float64)
+    quantiles = torch.quantile(stages.confidence[0].double(), levels, interpolation='lower')  # values that occur
+    return sorted({0.0, ESCALATE_ALL, *quantiles.tolist()})
+
+
 def calibrate(stages: StageOutputs, macs_per_width: dict[float, int], within_points: float) -> dict:
-    """The cheapest thresholds of the sweep (the same at every step) whose top-1 on ``stages`` is within
-    ``within_points`` of the last width's; its score there."""
-    scores = [stages.score([t] * (len(stages.widths) - 1), macs_per_width) for t in SWEEP]
+    """The cheapest thresholds of ``sweep(stages)`` whose top-1 on ``stages`` is within ``within_points`` of the
+    last width's; its score there."""
+    scores = [stages.score([t] * (len(stages.widths) - 1), macs_per_width) for t in sweep(stages)]
     target = scores[-1]['top1'] - within_points  # the last threshold escalates every image
     fitting = [s for s in scores if s['top1'] >= target - 1e-9]
     return min(fitting, key=lambda s: (s['mean_macs'], -s['top1']))

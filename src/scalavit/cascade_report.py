@@ -15,7 +15,7 @@ from timm.data import resolve_data_config  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from .cascade import SWEEP, Cascade, calibrate, collect  # noqa: E402
+from .cascade import Cascade, calibrate, collect, sweep  # noqa: E402
 from .checkpoint import load_model  # noqa: E402
 from .data import (SkipUnreadable, build_calibration_dataset, build_eval_dataset, build_transform,  # noqa: E402
                    collate_readable, describe)
@@ -51,7 +51,8 @@ def evaluate_cascade(checkpoint: str, widths: list[float], data: Optional[str] =
         loader = DataLoader(SkipUnreadable(dataset), batch_size, num_workers=workers, collate_fn=collate_readable)
         return collect(model, tqdm(loader, desc=what, delay=2, leave=False), cascade.widths, confidence, device)
 
-    chosen = calibrate(stages(calibration_set, 'calibrating'), macs, within_points)
+    calibration_stages = stages(calibration_set, 'calibrating')
+    chosen = calibrate(calibration_stages, macs, within_points)
     measured = stages(evaluation_set, 'evaluating')
     steps = len(cascade.widths) - 1
     cascade.thresholds = list(chosen['thresholds'])
@@ -59,7 +60,7 @@ def evaluate_cascade(checkpoint: str, widths: list[float], data: Optional[str] =
     return dict(checkpoint=str(checkpoint), widths=cascade.widths, confidence=confidence, within_points=within_points,
                 macs=macs, calibration=dict(images=len(calibration_set), chosen=chosen),
                 evaluation=dict(images=measured.correct.shape[1], chosen=measured.score(chosen['thresholds'], macs),
-                                sweep=[measured.score([t] * steps, macs) for t in SWEEP]),
+                                sweep=[measured.score([t] * steps, macs) for t in sweep(calibration_stages)]),
                 latency_ms=latency_against_last_width(cascade, images))
 
 
@@ -90,7 +91,7 @@ def table(result: dict) -> str:
     chosen = result['evaluation']['chosen']
     for row in result['evaluation']['sweep'] + [dict(chosen, chosen=True)]:
         mark = '  <- chosen on calibration' if row.get('chosen') else ''
-        lines.append(f"{row['thresholds'][0]:>9g} {row['top1']:>8.2f} {row['mean_macs']:>12,d} "
+        lines.append(f"{row['thresholds'][0]:>9.4f} {row['top1']:>8.2f} {row['mean_macs']:>12,d} "
                      f"{row['mean_macs'] / full:>8.1%}  " + ' / '.join(f'{a:.1%}' for a in row['answered']) + mark)
     return '\n'.join(lines)
 

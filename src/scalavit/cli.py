@@ -182,7 +182,7 @@ def _eval_cascade(args: argparse.Namespace, static_rows: list[dict]) -> None:
     cascade_report.write(result, static_rows, args.output)
     print(cascade_report.table(result))
     latency, chosen = result['latency_ms'], result['evaluation']['chosen']
-    print(f"chosen thresholds {chosen['thresholds']}: top-1 {chosen['top1']:.2f}% at "
+    print(f"chosen thresholds {', '.join(f'{t:.4f}' for t in chosen['thresholds'])}: top-1 {chosen['top1']:.2f}% at "
           f"{chosen['mean_macs'] / result['macs'][result['widths'][-1]]:.1%} of width {result['widths'][-1]:g}'s MACs; "
           f"mean latency {latency['cascade_batch1'] / latency['last_width_batch1']:.2f}x its own at batch 1, "
           f"{latency['cascade_batch64'] / latency['last_width_batch64']:.2f}x at batch 64")
