@@ -95,6 +95,24 @@ def test_concurrent_requests_are_batched(server, labelled_png):
     assert max(r.json()['batch_size'] for r in answers) > 1
 
 
+def test_one_image_is_answered_at_every_width_side_by_side(server, labelled_png):
+    png, label = labelled_png
+    answer = httpx.post(f'{server.url}/predict/widths', content=png, timeout=60,
+                        headers={'Content-Type': 'image/png', 'X-SLO-Ms': '20000'})
+    assert answer.status_code == 200, answer.text
+    rows = answer.json()['widths']
+    widths = httpx.get(f'{server.url}/widths').json()['widths']
+    assert [row['width'] for row in rows] == widths and all('top5' in row for row in rows)
+    assert [row['macs'] for row in rows] == sorted(row['macs'] for row in rows) and rows[0]['macs'] > 0
+    for row in (rows[0], rows[-1]):  # each width answers as a request pinned to it does
+        pinned = server.post(png, **{'X-Width': str(row['width'])}).json()
+        assert pinned['width'] == row['width']
+        assert [t['label'] for t in pinned['top5']] == [t['label'] for t in row['top5']]
+    assert rows[-1]['top5'][0]['label'] == label
+    bad = httpx.post(f'{server.url}/predict/widths', content=b'not an image', headers={'Content-Type': 'image/png'})
+    assert bad.status_code == 400 and 'not a readable image' in bad.json()['error']
+
+
 def test_stats_show_the_last_seconds_of_requests(server, labelled_png):
     def totals():
         seconds = httpx.get(f'{server.url}/stats', params={'seconds': 300}).json()['seconds']

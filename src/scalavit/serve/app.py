@@ -9,7 +9,7 @@ import binascii
 import contextlib
 import json
 import logging
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -128,14 +128,36 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
         service.metrics.responded(response.status_code)
         return response
 
+    @app.post('/predict/widths')
+    async def predict_at_every_width(request: Request):
+        """The image answered at every width of the grid, side by side (each width a request of its own)."""
+        try:
+            with service.admitted():
+                slo_s = service.slo_s(request.headers.get('x-slo-ms'))
+                answers = await service.infer_at_every_width(await preparer(request), slo_s)
+            response = JSONResponse({'widths': [at_width(w, a) for w, a in zip(service.runner.widths, answers)]})
+        except Problem as problem:
+            response = problem_response(problem)
+        service.metrics.responded(response.status_code)
+        return response
+
+    def at_width(width: float, answer) -> dict:
+        if isinstance(answer, Problem):
+            return dict(width=width, macs=service.macs.get(width), error=str(answer))
+        if isinstance(answer, BaseException):
+            raise answer
+        return dict(prediction(answer), macs=service.macs.get(width))
+
+    async def preparer(request: Request) -> Callable[[], Any]:
+        data = await image_file(request, service.settings.max_body_bytes)
+        parse = from_json if content_type(request) == 'application/json' else bytes
+        return lambda: service.runner.preprocess(parse(data), service.settings.max_pixels)
+
     async def answer(request: Request) -> Served:
         with service.admitted():
             slo_s = service.slo_s(request.headers.get('x-slo-ms'))
             width = service.width(request.headers.get('x-width'))
-            data = await image_file(request, service.settings.max_body_bytes)
-            parse = from_json if content_type(request) == 'application/json' else bytes
-            return await service.infer(
-                lambda: service.runner.preprocess(parse(data), service.settings.max_pixels), slo_s, width)
+            return await service.infer(await preparer(request), slo_s, width)
 
     return app
 

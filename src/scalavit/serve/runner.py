@@ -13,7 +13,7 @@ from timm.data import resolve_data_config
 from ..checkpoint import load_model, weights_digest
 from ..compiled import CompiledWidths, check_can_compile, compile_widths
 from ..data import build_transform
-from ..evaluate import time_call
+from ..evaluate import count_macs, time_call
 from ..export import export_width
 from ..images import decode
 from ..model import SlimmableVisionTransformer, check_device
@@ -102,6 +102,10 @@ class Runner:
         probabilities, indices = logits.float().softmax(-1).topk(self.top_k, dim=-1)
         return [[(str(self.classes[i]), round(float(p), 6)) for i, p in zip(row_i.tolist(), row_p.tolist())]
                 for row_i, row_p in zip(indices.cpu(), probabilities.cpu())]
+
+    def macs(self) -> dict[float, int]:
+        """Multiply-accumulates for one image at every width."""
+        return {w: count_macs(self.model, w, self.input_size) for w in self.widths}
 
     def measure_latency(self, batch_sizes: list[int], repeats: int) -> dict[tuple[float, int], float]:
         """p95 seconds of a forward at every (width, batch size), after warm-up, CUDA synchronised."""

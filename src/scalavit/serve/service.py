@@ -115,6 +115,7 @@ class Service:
         self.batcher: Optional[Batcher] = None
         self.profile: Optional[Profile] = None
         self.error: Optional[str] = None
+        self.macs: dict[float, int] = {}
         self.in_progress = 0
         self.decoder = ThreadPoolExecutor(settings.decode_threads or usable_cores(), 'scalavit-decode')
         # The server enforces its own --max-pixels; Pillow's warning about larger images would only repeat it.
@@ -133,6 +134,7 @@ class Service:
         try:
             start = time.perf_counter()
             self.runner.prepare()
+            self.macs = self.runner.macs()
             self.profile = Profile(self.runner.measure_latency(self.settings.batch_sizes,
                                                                self.settings.profile_repeats), self.accuracy)
             self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
@@ -207,6 +209,17 @@ class Service:
 
     async def infer(self, prepare: Callable[[], Any], slo_s: float, width: Optional[float]) -> Served:
         """``prepare()`` (run in the decoding pool) makes the model's input; its deadline is ``slo_s`` from then."""
+        item, start, ready = await self._decode(prepare)
+        return await self._served(item, start, ready, slo_s, width)
+
+    async def infer_at_every_width(self, prepare: Callable[[], Any], slo_s: float) -> list[Served | Problem]:
+        """One image answered at every width of the grid, each a request of its own pinned to its width (the
+        batcher refuses those that cannot be answered in time), decoded once."""
+        item, start, ready = await self._decode(prepare)
+        return await asyncio.gather(*(self._served(item, start, ready, slo_s, w) for w in self.runner.widths),
+                                    return_exceptions=True)
+
+    async def _decode(self, prepare: Callable[[], Any]) -> tuple[Any, float, float]:
         start = time.monotonic()
         try:
             item = await asyncio.get_running_loop().run_in_executor(self.decoder, prepare)
@@ -218,6 +231,9 @@ class Service:
             raise Problem(400, str(error)) from None
         ready = time.monotonic()
         self.metrics.decoded(ready - start)
+        return item, start, ready
+
+    async def _served(self, item: Any, start: float, ready: float, slo_s: float, width: Optional[float]) -> Served:
         answer = await self._answer(item, slo_s, width)
         elapsed = time.monotonic() - ready
         self.batcher.note_overhead(elapsed - answer.queue_s - answer.compute_s)
