@@ -1,9 +1,12 @@
 """`scalavit serve` as users run it: a real server in its own process on a loopback port, real HTTP requests."""
 import asyncio
 import base64
+import json
+import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -126,6 +129,19 @@ def test_stats_show_the_last_seconds_of_requests(server, labelled_png):
     body = httpx.get(f'{server.url}/stats', params={'seconds': 5}).json()
     assert len(body['seconds']) == 5 and body['slo_ms'] == 100 and body['widths'][0] == 0.25
     assert httpx.get(f'{server.url}/stats', params={'seconds': 0}).json()['error'].startswith('seconds must be')
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_server_exports(server, labelled_png):
+    """docs/grafana-dashboard.json is imported as is: every series its queries name is one /metrics has."""
+    assert server.post(labelled_png[0]).status_code == 200  # labelled series appear once they have counted
+    assert server.post(labelled_png[0], **{'X-SLO-Ms': '0.01'}).status_code == 503
+    dashboard = json.loads((Path(__file__).parents[1] / 'docs' / 'grafana-dashboard.json').read_text())
+    exprs = [target['expr'] for panel in dashboard['panels'] for target in panel['targets']]
+    named = {name for expr in exprs for name in re.findall(r'scalavit_[a-z_]+', expr)}
+    exported = {sample.name for family in text_string_to_metric_families(httpx.get(f'{server.url}/metrics').text)
+                for sample in family.samples}
+    assert named and named <= exported, named - exported
+    assert len({panel['id'] for panel in dashboard['panels']}) == len(dashboard['panels'])
 
 
 def test_metrics_parse_and_count_what_happened(server, labelled_png):
