@@ -9,16 +9,20 @@ import binascii
 import contextlib
 import json
 import logging
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from .service import Problem, Served, Service, read_body
 from .stats import WINDOW_S
+
+# One self-contained file (no library, nothing fetched from elsewhere), read once.
+PAGE = (Path(__file__).parent / 'page.html').read_text()
 from .v2 import v2_router
 
 log = logging.getLogger('scalavit.serve')
@@ -86,6 +90,11 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
     app = FastAPI(title='scalavit', lifespan=lifespan)
     app.include_router(v2_router(service))
     add_error_handlers(app)
+
+    @app.get('/', response_class=HTMLResponse)
+    async def page():
+        """The live page: the last seconds from /stats, an image tried at every width, the profile."""
+        return PAGE
 
     @app.get('/health/live')
     async def live():
