@@ -74,3 +74,14 @@ def test_the_live_panel_follows_the_requests_and_an_image_is_answered_at_every_w
     assert top1 == [answer['top5'][0]['label'] for answer in answers] and top1[-1] == label
     errors = [entry for entry in browser.get_log('browser') if entry['level'] == 'SEVERE']
     assert errors == []
+
+
+def test_the_page_fits_a_phone_without_sideways_scrolling(server, browser):
+    browser.set_window_size(390, 844)
+    try:
+        browser.get(f'{server.url}/')
+        WebDriverWait(browser, 60).until(
+            lambda b: len(b.find_elements(By.CSS_SELECTOR, '#profile-table tbody tr')) == 13)
+        assert browser.execute_script('return document.documentElement.scrollWidth <= window.innerWidth')
+    finally:
+        browser.set_window_size(1280, 800)
