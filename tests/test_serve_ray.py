@@ -45,8 +45,10 @@ def ray_server(trained):
             server.process.kill()
     time.sleep(2)
     assert not [pid for pid in replicas if Path(f'/proc/{pid}').exists()]
-    assert not [line for line in server.output if 'Traceback' in line or 'SIGTERM received' in line], \
-        ''.join(server.output)
+    # ours, not Ray's: Ray's proxy logs a traceback when it polls the replica the kill test killed
+    ours = [line for line in server.output if not line.lstrip(' \x1b[0123456789m').startswith(
+        ('(ProxyActor', '(ServeController', '(raylet)'))]
+    assert not [line for line in ours if 'Traceback' in line or 'SIGTERM received' in line], ''.join(server.output)
     shutil.rmtree(temp, ignore_errors=True)
 
 
@@ -97,11 +99,13 @@ def test_the_builder_takes_ray_cli_strings_and_refuses_what_it_does_not_know(tra
 
 def test_requests_through_rays_proxy_use_both_replicas_and_ray_gets_the_metrics(ray_server, labelled_png):
     png, label = labelled_png
-    answers = [r for _ in range(4) for r in burst(ray_server.url, png, 16)]
-    assert all(r.status_code == 200 and r.json()['top5'][0]['label'] == label for r in answers), \
-        [(r.status_code, r.text[:200]) for r in answers if r.status_code != 200]
-    deadline = time.monotonic() + 60  # Ray exports what the replicas recorded every few seconds
+    # Ray routes to a replica once it is constructed (its profile measured): the second may be a little later than
+    # the first, and Ray exports what the replicas recorded every few seconds
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
+        answers = [r for _ in range(4) for r in burst(ray_server.url, png, 16)]
+        assert all(r.status_code == 200 and r.json()['top5'][0]['label'] == label for r in answers), \
+            [(r.status_code, r.text[:200]) for r in answers if r.status_code != 200]
         answered = ray_metric(ray_server.temp, 'ray_scalavit_requests_total')
         if len([count for count in answered.values() if count > 0]) >= 2:
             break

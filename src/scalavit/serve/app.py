@@ -144,18 +144,20 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
             with service.admitted():
                 slo_s = service.slo_s(request.headers.get('x-slo-ms'))
                 answers = await service.infer_at_every_width(await preparer(request), slo_s)
-            response = JSONResponse({'widths': [at_width(w, a) for w, a in zip(service.runner.widths, answers)]})
+                macs = await service.macs()
+            response = JSONResponse({'widths': [at_width(w, a, macs[w]) for w, a in zip(service.runner.widths,
+                                                                                          answers)]})
         except Problem as problem:
             response = problem_response(problem)
         service.metrics.responded(response.status_code)
         return response
 
-    def at_width(width: float, answer) -> dict:
+    def at_width(width: float, answer, macs: int) -> dict:
         if isinstance(answer, Problem):
-            return dict(width=width, macs=service.macs.get(width), error=str(answer))
+            return dict(width=width, macs=macs, error=str(answer))
         if isinstance(answer, BaseException):
             raise answer
-        return dict(prediction(answer), macs=service.macs.get(width))
+        return dict(prediction(answer), macs=macs)
 
     async def preparer(request: Request) -> Callable[[], Any]:
         data = await image_file(request, service.settings.max_body_bytes)
