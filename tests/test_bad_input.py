@@ -107,6 +107,10 @@ CASES = {
         lambda T, S: ['export', T / 'scala', '--width', '0.5', '--format', 'onnx', '--output', S / 'w50.onnx'],
         'names a file, but an export is a folder holding model.onnx, config.json and export.json; give a folder '
         'such as --output'),
+    'eval a cascade calibrated on other classes': (
+        lambda T, S: ['eval', T / 'scala', '--output', S / 'report', '--latency-repeats', '1', '--cascade', '0.25,1.0',
+                      '--calibration', renamed_classes(S / 'other') / 'val'],
+        "has other classes than --data"),
     'export into its run': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output', T / 'scala', '--force'],
                             'is or contains the checkpoint being exported'),
     'export output is a file': (lambda T, S: ['export', T / 'scala', '--width', '0.5', '--output',

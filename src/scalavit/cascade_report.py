@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .cascade import Cascade, calibrate, collect, sweep  # noqa: E402
-from .checkpoint import load_model  # noqa: E402
+from .checkpoint import check_same_classes, load_model  # noqa: E402
 from .data import (SkipUnreadable, build_calibration_dataset, build_eval_dataset, build_transform,  # noqa: E402
                    collate_readable, describe)
 from .evaluate import count_macs  # noqa: E402
@@ -42,7 +42,9 @@ def evaluate_cascade(checkpoint: str, widths: list[float], data: Optional[str] =
     data_config = resolve_data_config(model=model)
     transform, in_chans = build_transform(data_config, False), data_config['input_size'][0]
     calibration_set = build_calibration_dataset(data, transform, in_chans, CALIBRATION_IMAGES, calibration)
-    evaluation_set, _ = build_eval_dataset(data, transform, in_chans)
+    evaluation_set, classes = build_eval_dataset(data, transform, in_chans)
+    if calibration is not None:
+        check_same_classes(classes, calibration_set.classes, f'--data {data}', f'--calibration {calibration}')
     log(f"cascade {' -> '.join(f'{w:g}' for w in cascade.widths)}: thresholds chosen on "
         f"{describe('calibration', calibration_set)}, measured on {describe('evaluation', evaluation_set)}")
     macs = {w: count_macs(model, w, data_config['input_size']) for w in cascade.widths}

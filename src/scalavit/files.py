@@ -14,24 +14,17 @@ from typing import Callable, Iterator
 
 
 def _umask() -> int:
-    """The process's umask, read without changing it (Linux tells it in /proc): setting and restoring it would race
-    with any other thread creating a file meanwhile. Elsewhere the umask is read once, at import."""
+    """The process's umask, read without changing it where Linux tells it (/proc): setting and restoring it would
+    race with any other thread creating a file meanwhile. Elsewhere there is no other way."""
     try:
         for line in Path('/proc/self/status').read_text().splitlines():
             if line.startswith('Umask:'):
                 return int(line.split()[1], 8)
     except OSError:
         pass
-    return _UMASK_AT_IMPORT
-
-
-def _umask_at_import() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-_UMASK_AT_IMPORT = _umask_at_import()
 
 
 def fsync_directory(folder: Path) -> None:

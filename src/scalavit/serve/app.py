@@ -144,9 +144,8 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
             with service.admitted():
                 slo_s = service.slo_s(request.headers.get('x-slo-ms'))
                 answers = await service.infer_at_every_width(await preparer(request), slo_s)
-                macs = await service.macs()
-            response = JSONResponse({'widths': [at_width(w, a, macs[w]) for w, a in zip(service.runner.widths,
-                                                                                          answers)]})
+            response = JSONResponse({'widths': [at_width(w, a, service.macs[w]) for w, a in zip(service.runner.widths,
+                                                                                                  answers)]})
         except Problem as problem:
             response = problem_response(problem)
         service.metrics.responded(response.status_code)

@@ -115,7 +115,7 @@ class Service:
         self.batcher: Optional[Batcher] = None
         self.profile: Optional[Profile] = None
         self.error: Optional[str] = None
-        self._macs: Optional[dict[float, int]] = None
+        self.macs: dict[float, int] = {}  # each width's, once prepared
         self.in_progress = 0
         self.decoder = ThreadPoolExecutor(settings.decode_threads or usable_cores(), 'scalavit-decode')
         # The server enforces its own --max-pixels; Pillow's warning about larger images would only repeat it.
@@ -134,6 +134,8 @@ class Service:
         try:
             start = time.perf_counter()
             self.runner.prepare()
+            # Counted before the model thread starts: the flop counter hooks every module of the process while it runs.
+            self.macs = self.runner.macs()
             self.profile = Profile(self.runner.measure_latency(self.settings.batch_sizes,
                                                                self.settings.profile_repeats), self.accuracy)
             self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
@@ -217,12 +219,6 @@ class Service:
         item, start, ready = await self._decode(prepare)
         return await asyncio.gather(*(self._served(item, start, ready, slo_s, w) for w in self.runner.widths),
                                     return_exceptions=True)
-
-    async def macs(self) -> dict[float, int]:
-        """Each width's MACs for one image, counted once, off the event loop, when first asked."""
-        if self._macs is None:
-            self._macs = await asyncio.get_running_loop().run_in_executor(self.decoder, self.runner.macs)
-        return self._macs
 
     async def _decode(self, prepare: Callable[[], Any]) -> tuple[Any, float, float]:
         start = time.monotonic()
