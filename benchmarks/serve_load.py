@@ -9,7 +9,9 @@ image, so the accuracy of what was served is measured from the answers. Latency 
 send time (no coordinated omission); how late the client sent is reported, and a run where it fell behind is flagged.
 
 The same schedule runs against every policy, in rotated order, ``--repeats`` times; the doc reports the median and the
-spread over repeats. With ``--backends eager compiled onnxruntime`` every policy also runs on each backend of the
+spread over repeats. A policy ``slackfit+cascade:0.625,1`` is SlackFit with that cascade as one more choice
+(`scalavit serve --cascade 0.625,1`), on the same schedule as SlackFit alone. ``--screenshot PNG`` runs the first policy
+once more, unmeasured, and photographs the server's live page (headless Chromium) at the end of the 4x phase. With ``--backends eager compiled onnxruntime`` every policy also runs on each backend of the
 server (`scalavit serve --compile`, `--onnxruntime`), on the same schedule: the full width's capacity is then the first
 backend's, so every backend meets the same offered load.
 
@@ -17,6 +19,8 @@ backend's, so every backend meets the same offered load.
     python benchmarks/serve_load.py --ceiling --checkpoint runs/ceiling            # the request ceiling, cheapest width
     python benchmarks/serve_load.py --checkpoint RUN --backends eager compiled --output docs/serving_backends.md
     python benchmarks/serve_load.py --quick --checkpoint RUN --output /tmp/serving.md  # the pipeline in seconds
+    python benchmarks/serve_load.py --checkpoint RUN --policies slackfit slackfit+cascade:0.625,1 \
+        --output docs/serving_cascade.md --screenshot docs/serving_page.png
 """
 import argparse
 import asyncio
@@ -26,11 +30,13 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -43,12 +49,18 @@ from PIL import Image
 
 from scalavit.data import read_fashion_mnist
 from scalavit.evaluate import cpu_name
-from scalavit.files import write_text_atomically
+from scalavit.files import write_atomically, write_text_atomically
 
 PHASES = (('low', 0.5, 'poisson'), ('high', 4.0, 'poisson'), ('low again', 0.5, 'poisson'), ('bursty', 1.0, 'gamma'))
 BURSTY_CV2 = 4.0
 LATE_SEND_MS = 5.0  # a client that sends its p99 request later than this behind schedule has fallen behind
 BACKEND_OPTIONS = {'eager': [], 'compiled': ['--compile'], 'onnxruntime': ['--onnxruntime']}
+
+
+def policy_options(policy: str) -> list[str]:
+    """``slackfit+cascade:W1,W2``: SlackFit with that cascade as one more choice; any other: `--policy` as it is."""
+    policy, _, cascade = policy.partition('+cascade:')
+    return ['--policy', policy] + (['--cascade', cascade] if cascade else [])
 
 
 def deployment_options(deployment: str) -> list[str]:
@@ -111,8 +123,8 @@ class Server:
     def __init__(self, checkpoint: str, policy: str, slo_ms: float, extra: list[str]):
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}'
-        command = [sys.executable, '-m', 'scalavit', 'serve', checkpoint, '--port', str(self.port), '--policy',
-                   policy, '--slo-ms', str(slo_ms), *extra]
+        command = [sys.executable, '-m', 'scalavit', 'serve', checkpoint, '--port', str(self.port),
+                   *policy_options(policy), '--slo-ms', str(slo_ms), *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         # Read all along: a server whose stderr pipe fills up blocks on its next write, mid-run or at exit.
         self.stderr = collections.deque(maxlen=50)
@@ -179,6 +191,7 @@ class Outcome:
     width: float = float('nan')
     batch_size: int = 0
     correct: bool = False
+    stage: int = 0  # the cascade stage that answered (1 the first), 0 outside a cascade
 
 
 async def drive(url: str, times: np.ndarray, images: list[bytes], labels: list[str], timeout_s: float) -> list[Outcome]:
@@ -197,6 +210,7 @@ async def drive(url: str, times: np.ndarray, images: list[bytes], labels: list[s
                     if response.status == 200:
                         body = await response.json()
                         outcome.width, outcome.batch_size = body['width'], body['batch_size']
+                        outcome.stage = (body.get('cascade') or {}).get('stage', 0)
                         outcome.correct = body['top5'][0]['label'] == labels[i % len(labels)]
                     else:
                         await response.read()
@@ -213,6 +227,39 @@ async def drive(url: str, times: np.ndarray, images: list[bytes], labels: list[s
             tasks.append(asyncio.create_task(one(i, start)))
         await asyncio.gather(*tasks)
     return outcomes
+
+
+def photograph_live_page(url: str, at_s: float, output: Path, image: bytes) -> threading.Thread:
+    """In a thread: opens the server's live page in headless Chromium (1280x1000) a little before ``at_s`` seconds
+    from now, tries ``image`` in its try-it panel, and saves a screenshot at ``at_s`` to ``output``."""
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+
+    start = time.monotonic()
+
+    def photograph():
+        time.sleep(max(0.0, at_s - 12))
+        options = webdriver.ChromeOptions()
+        for flag in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,1000'):
+            options.add_argument(flag)
+        options.binary_location = shutil.which('chromium')
+        driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which('chromedriver')), options=options)
+        try:
+            driver.get(f'{url}/')
+            time.sleep(max(0.0, at_s - 6 - (time.monotonic() - start)))
+            with tempfile.NamedTemporaryFile(suffix='.png') as upload:
+                upload.write(image)
+                upload.flush()
+                driver.find_element(By.ID, 'image').send_keys(upload.name)
+                time.sleep(max(0.0, at_s - (time.monotonic() - start)))
+                shot = driver.get_screenshot_as_png()
+        finally:
+            driver.quit()
+        write_atomically(output, lambda path: Path(path).write_bytes(shot))
+
+    thread = threading.Thread(target=photograph, daemon=True)
+    thread.start()
+    return thread
 
 
 # Figures
@@ -233,7 +280,9 @@ def summarise(outcomes: list[Outcome], phases: list[str], slo_s: float, seconds:
             p50_ms=pct(50), p95_ms=pct(95), p99_ms=pct(99),
             goodput=round(len(met) / duration, 1),
             accuracy=round(100 * sum(o.correct for o in answered) / len(answered), 2) if answered else None,
-            mean_width=round(float(np.mean([o.width for o in answered])), 4) if answered else None)
+            mean_width=round(float(np.mean([o.width for o in answered])), 4) if answered else None,
+            cascaded=round(sum(o.stage > 0 for o in answered) / len(answered), 4) if answered else None,
+            escalated=round(sum(o.stage > 1 for o in answered) / len(answered), 4) if answered else None)
 
     result = figures(outcomes, seconds * len(PHASES))
     result['phases'] = {name: figures([o for o, p in zip(outcomes, phases) if p == name], seconds)
@@ -378,6 +427,8 @@ def run_study(args, images, labels) -> None:
                   f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms, server "
                   f"CPU {summary['server_cpu_ms_per_request']} ms a request"
                   f"{'  (client fell behind)' if summary['client_fell_behind'] else ''}", flush=True)
+    if args.screenshot:
+        screenshot(args, runs[names[0]], times, images, labels)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=names,
                backends=args.backends, deployments=args.deployments, results=results, seconds=args.seconds,
@@ -388,6 +439,21 @@ def run_study(args, images, labels) -> None:
     figures = plot(results, timelines, args.slo_ms, args.seconds, args.output)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
     print(f"wrote {args.output}")
+
+
+def screenshot(args, run: tuple[str, str, str], times: np.ndarray, images: list[bytes], labels: list[str]) -> None:
+    """The first run once more, unmeasured, with its live page photographed at the end of the 4x phase."""
+    policy, backend, deployment = run
+    server = Server(args.checkpoint, policy, args.slo_ms, args.server_options + BACKEND_OPTIONS[backend]
+                    + deployment_options(deployment))
+    try:
+        seconds = min(float(times[-1]), 2 * args.seconds - 1)
+        thread = photograph_live_page(server.url, seconds, args.screenshot, images[0])
+        asyncio.run(drive(server.url, times[times < seconds + 1], images, labels, timeout_s=30))
+        thread.join(timeout=60)
+    finally:
+        server.stop()
+    print(f"wrote {args.screenshot} ({policy}, at {seconds:.0f} s)", flush=True)
 
 
 def spread(values: list) -> str:
@@ -438,11 +504,41 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
                          f"{spread([r['mean_width'] for r in rs])}")
         lines.append(f"| {p} | " + ' | '.join(cells) + ' |')
     lines += deployment_ratios(raw)
+    lines += cascade_differences(raw)
     behind = [p for p in policies if any(r['client_fell_behind'] for r in results[p])]
     lines += ['', f"Client fell behind (p99 send lateness over {LATE_SEND_MS:g} ms) in: "
                   f"{', '.join(behind) if behind else 'no run'}.", '']
     lines += [f'![{name}]({name})' for name in figures]
     return '\n'.join(lines) + '\n'
+
+
+def cascade_differences(raw: dict) -> list[str]:
+    """Each cascade run against SlackFit alone, repeat by repeat: accuracy (points) and attainment differences over
+    the whole schedule and by phase, and the share of answers the cascade ran and escalated."""
+    base = 'slackfit'
+    others = [p for p in raw['policies'] if p.startswith(base + '+cascade:')]
+    if base not in raw['policies'] or not others:
+        return []
+    lines = ['', f'Cascades against {base} alone on the same schedule (difference per repeat; median, range). '
+             'Accuracy in points; in brackets after each phase, the share of its answers the cascade ran, then the '
+             'share escalated to a later stage:', '',
+             '| run | | whole schedule | ' + ' | '.join(name for name, _, _ in PHASES) + ' |',
+             '|---|---|---|' + '---|' * len(PHASES)]
+    for other in others:
+        pairs = list(zip(raw['results'][other], raw['results'][base]))
+
+        def difference(key: str, phase=None) -> str:
+            pick = (lambda r: r) if phase is None else (lambda r: r['phases'][phase])
+            return spread([round(pick(a)[key] - pick(b)[key], 4) for a, b in pairs
+                           if pick(a)[key] is not None and pick(b)[key] is not None])
+
+        shares = [f" ({spread([r['phases'][n]['cascaded'] for r in raw['results'][other]])}, "
+                  f"{spread([r['phases'][n]['escalated'] for r in raw['results'][other]])})" for n, _, _ in PHASES]
+        lines.append(f"| {other} | accuracy | {difference('accuracy')} | "
+                     + ' | '.join(difference('accuracy', n) + share for (n, _, _), share in zip(PHASES, shares)) + ' |')
+        lines.append(f"| | attainment | {difference('attainment')} | "
+                     + ' | '.join(difference('attainment', n) for n, _, _ in PHASES) + ' |')
+    return lines
 
 
 def deployment_ratios(raw: dict) -> list[str]:
@@ -490,6 +586,8 @@ def main() -> None:
     parser.add_argument('--smallest', type=float, default=0.25)
     parser.add_argument('--rates', type=float, nargs='+', default=[100, 200, 400, 800, 1200])
     parser.add_argument('--quick', action='store_true', help='the whole pipeline in seconds (the test suite)')
+    parser.add_argument('--screenshot', type=Path, help="a PNG of the server's live page under the first policy's "
+                        "load, at the end of the 4x phase (headless Chromium; one more run, unmeasured)")
     args = parser.parse_args()
     try:
         import uvloop  # the client's event loop costs half as much CPU with it, leaving more to the server

@@ -83,3 +83,37 @@ def test_budgets_take_the_suffixes_people_write(trained, capsys):
     assert 'no width fits' in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(['pick', str(trained / 'scala'), '--macs', '3Q'])
+
+
+def test_pick_chooses_a_cascade_when_it_beats_every_width_within_a_macs_budget(trained, tmp_path, capsys):
+    run = tmp_path / 'run'
+    shutil.copytree(trained / 'scala', run)
+    assert main(['eval', str(run), '--cascade', '0.25,1.0', '--latency-repeats', '2']) == 0
+    report, cascade = (json.loads((run / name).read_text()) for name in ('results.json', 'cascade.json'))
+    macs = {row['width']: row['macs'] for row in report['rows']}
+    for row in report['rows']:
+        row['top1'] = 50.0
+    (run / 'results.json').write_text(json.dumps(report))
+    # Thresholds are chosen on the calibration images: the one most accurate there within the budget, whatever
+    # the evaluation set says of the others.
+    budget = macs[0.25] + macs[1.0] // 2
+    steps = list(zip(cascade['calibration']['sweep'], cascade['evaluation']['sweep']))
+    for i, (on_calibration, on_evaluation) in enumerate(steps):
+        on_calibration['top1'] = on_evaluation['top1'] = 60.0 + i
+        on_evaluation['mean_macs'] = on_calibration['mean_macs'] = macs[0.25] + i * macs[1.0] // len(steps)
+    fitting = [i for i, (c, _) in enumerate(steps) if c['mean_macs'] <= budget]
+    steps[fitting[-1]][1]['top1'] = 55.0  # it scores worse on evaluation: still the choice, reported as it is
+    (run / 'cascade.json').write_text(json.dumps(cascade))
+    capsys.readouterr()
+    assert main(['pick', str(run), '--macs', str(budget)]) == 0
+    out = capsys.readouterr().out
+    threshold = steps[fitting[-1]][0]['thresholds'][0]
+    assert f"cascade 0.25 -> 1 at threshold {threshold:.4f}: more accurate than any width" in out
+    assert 'top-1 55.00%' in out
+    # A budget that no threshold fits, or a cascade.json of other weights: the widths alone.
+    assert main(['pick', str(run), '--macs', str(macs[0.25] - 1)]) == 2
+    cascade['weights_sha256'] = 'other'
+    (run / 'cascade.json').write_text(json.dumps(cascade))
+    assert main(['pick', str(run), '--macs', str(budget)]) == 0
+    out = capsys.readouterr().out
+    assert 'cascade.json measured other weights' in out and 'width ' in out.splitlines()[-1]

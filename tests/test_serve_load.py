@@ -40,6 +40,24 @@ def test_ray_runs_are_compared_with_the_plain_server_repeat_by_repeat():
     assert benchmark.deployment_ratios(raw)[-1] == '| slackfit on ray:1 | 0.95 (0.9-1) | 1.5 (1-2) |'
 
 
+def test_a_cascade_run_is_slackfit_with_its_cascade_and_is_compared_with_slackfit_alone_repeat_by_repeat():
+    benchmark = load_benchmark()
+    assert benchmark.policy_options('slackfit+cascade:0.625,1') == ['--policy', 'slackfit', '--cascade', '0.625,1']
+    assert benchmark.policy_options('fixed:1') == ['--policy', 'fixed:1']
+
+    def run(accuracy, attainment, cascaded=None, escalated=None):
+        phase = dict(accuracy=accuracy, attainment=attainment, cascaded=cascaded, escalated=escalated)
+        return dict(phase, phases={name: phase for name, _, _ in benchmark.PHASES})
+    cascade = 'slackfit+cascade:0.625,1'
+    raw = dict(policies=['slackfit', cascade],
+               results={'slackfit': [run(60.0, 0.99, 0, 0), run(61.0, 1.0, 0, 0)],
+                        cascade: [run(62.5, 0.995, 0.5, 0.1), run(61.5, 0.99, 0.3, 0.2)]})
+    lines = benchmark.cascade_differences(raw)
+    assert lines[-2].startswith(f'| {cascade} | accuracy | 1.5 (0.5-2.5) | 1.5 (0.5-2.5) (0.4 (0.3-0.5), 0.15 (0.1-0.2))')
+    assert lines[-1].startswith('| | attainment | -0.0025 (-0.01-0.005) |')
+    assert benchmark.cascade_differences(dict(policies=['slackfit', 'fixed:1'], results={})) == []
+
+
 def test_the_load_benchmark_runs_a_policy_on_two_backends_against_one_schedule_and_writes_its_page(trained, tmp_path):
     output = tmp_path / 'backends.md'
     result = subprocess.run([sys.executable, str(BENCHMARK), '--quick', '--checkpoint', str(trained / 'scala'),

@@ -1,5 +1,6 @@
-"""The live page at / in a real browser (Debian's Chromium, driven by Selenium): it updates while requests are sent,
-answers an uploaded image at every width, shows the profile, and logs no error."""
+"""The live page at / in real browsers, Debian's Chromium (driven by Selenium) and Firefox ESR (by Marionette, its own
+remote protocol): it updates while requests are sent, answers an uploaded image at every width, shows the profile,
+fits a phone, and raises no JavaScript error."""
 import shutil
 import threading
 import time
@@ -10,12 +11,97 @@ import pytest
 import serving
 from serving import Server
 
-webdriver = pytest.importorskip('selenium.webdriver')
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(shutil.which('chromedriver') is None,
-                                 reason='no chromedriver: apt-get install -y chromium chromium-driver')]
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+pytestmark = pytest.mark.slow
+
+
+class Chromium:
+    """Headless Chromium through chromedriver; its console's SEVERE entries are the errors."""
+
+    def __init__(self):
+        from selenium import webdriver
+        from selenium.webdriver.common.by import By
+        self.by = By
+        options = webdriver.ChromeOptions()
+        for flag in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,800'):
+            options.add_argument(flag)
+        options.binary_location = shutil.which('chromium')
+        options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
+        self.driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which('chromedriver')), options=options)
+
+    def open(self, url: str) -> None:
+        self.driver.get(url)
+
+    def all(self, css: str) -> list:
+        return self.driver.find_elements(self.by.CSS_SELECTOR, css)
+
+    def script(self, source: str):
+        return self.driver.execute_script(source)
+
+    def resize(self, width: int, height: int) -> None:
+        self.driver.set_window_size(width, height)
+
+    def errors(self, origin: str) -> list:
+        return [entry for entry in self.driver.get_log('browser') if entry['level'] == 'SEVERE']
+
+    def quit(self) -> None:
+        self.driver.quit()
+
+
+class Firefox:
+    """Headless Firefox ESR through Marionette; the errors are the script errors its console service holds for the
+    page's origin (uncaught exceptions, failed scripts)."""
+
+    def __init__(self):
+        from marionette_driver.by import By
+        from marionette_driver.marionette import Marionette
+        self.by = By
+        self.driver = Marionette(host='127.0.0.1', port=serving.free_port(), bin=shutil.which('firefox-esr'),
+                                 headless=True)
+        self.driver.start_session()
+        self.resize(1280, 800)
+
+    def open(self, url: str) -> None:
+        self.driver.navigate(url)
+
+    def all(self, css: str) -> list:
+        return self.driver.find_elements(self.by.CSS_SELECTOR, css)
+
+    def script(self, source: str):
+        return self.driver.execute_script(source)
+
+    def resize(self, width: int, height: int) -> None:
+        self.driver.set_window_rect(width=width, height=height)
+
+    def errors(self, origin: str) -> list:
+        with self.driver.using_context('chrome'):
+            return self.driver.execute_script("""
+                const ScriptError = Components.interfaces.nsIScriptError;
+                return Services.console.getMessageArray()
+                    .filter(m => m instanceof ScriptError && !(m.flags & ScriptError.warningFlag)
+                            && m.sourceName.startsWith(arguments[0]))
+                    .map(m => m.errorMessage);""", script_args=[origin])
+
+    def quit(self) -> None:
+        self.driver.delete_session()
+        self.driver.cleanup()
+
+
+BROWSERS = {
+    'chromium': (Chromium, ('chromedriver', 'chromium'), 'apt-get install -y chromium chromium-driver'),
+    'firefox': (Firefox, ('firefox-esr',), "apt-get install -y firefox-esr; pip install marionette_driver"),
+}
+
+
+@pytest.fixture(scope='module', params=list(BROWSERS))
+def browser(request):
+    make, programs, install = BROWSERS[request.param]
+    module = {'chromium': 'selenium', 'firefox': 'marionette_driver'}[request.param]
+    pytest.importorskip(module)
+    if any(shutil.which(program) is None for program in programs):
+        pytest.skip(f"no {request.param}: {install}")
+    driver = make()
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture(scope='module')
@@ -25,16 +111,17 @@ def server(trained):
     running.stop()
 
 
-@pytest.fixture(scope='module')
-def browser():
-    options = webdriver.ChromeOptions()
-    for flag in ('--headless=new', '--no-sandbox', '--disable-dev-shm-usage', '--window-size=1280,800'):
-        options.add_argument(flag)
-    options.binary_location = shutil.which('chromium')
-    options.set_capability('goog:loggingPrefs', {'browser': 'ALL'})
-    driver = webdriver.Chrome(service=webdriver.ChromeService(shutil.which('chromedriver')), options=options)
-    yield driver
-    driver.quit()
+def until(condition, timeout_s: float = 60):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError('the page did not get there in time')
+        time.sleep(0.2)
+
+
+def text(browser, css: str) -> str:
+    found = browser.all(css)
+    return found[0].text if found else ''
 
 
 def test_the_page_is_self_contained(server):
@@ -45,9 +132,8 @@ def test_the_page_is_self_contained(server):
 def test_the_live_panel_follows_the_requests_and_an_image_is_answered_at_every_width(server, browser, trained,
                                                                                      tmp_path):
     png, label = serving.labelled_png(trained)
-    browser.get(f'{server.url}/')
-    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
-    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, '#profile-table tbody tr')) == 13)
+    browser.open(f'{server.url}/')
+    until(lambda: len(browser.all('#profile-table tbody tr')) == 13)
     sending = threading.Event()
 
     def load():
@@ -58,30 +144,29 @@ def test_the_live_panel_follows_the_requests_and_an_image_is_answered_at_every_w
     thread = threading.Thread(target=load)
     thread.start()
     try:
-        wait.until(lambda b: b.find_element(By.ID, 'answered-now').text not in ('-', '0'))
-        assert int(browser.find_element(By.ID, 'offered-now').text) > 0
-        assert browser.find_element(By.ID, 'chart-rate').get_attribute('innerHTML').count('<polyline') >= 2
+        until(lambda: text(browser, '#answered-now') not in ('', '-', '0'))
+        assert int(text(browser, '#offered-now')) > 0
+        assert browser.all('#chart-rate')[0].get_attribute('innerHTML').count('<polyline') >= 2
     finally:
         sending.set()
         thread.join()
     image = tmp_path / 'shoe.png'
     image.write_bytes(png)
-    browser.find_element(By.ID, 'image').send_keys(str(image))
-    wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, '#try-table tbody td.top1')) == 13)
-    top1 = [cell.text for cell in browser.find_elements(By.CSS_SELECTOR, '#try-table tbody td.top1')]
+    browser.all('#image')[0].send_keys(str(image))
+    until(lambda: len(browser.all('#try-table tbody td.top1')) == 13)
+    top1 = [cell.text for cell in browser.all('#try-table tbody td.top1')]
     answers = httpx.post(f'{server.url}/predict/widths', content=png, timeout=60,
                          headers={'Content-Type': 'image/png', 'X-SLO-Ms': '10000'}).json()['widths']
     assert top1 == [answer['top5'][0]['label'] for answer in answers] and top1[-1] == label
-    errors = [entry for entry in browser.get_log('browser') if entry['level'] == 'SEVERE']
-    assert errors == []
+    assert browser.errors(server.url) == []
 
 
 def test_the_page_fits_a_phone_without_sideways_scrolling(server, browser):
-    browser.set_window_size(390, 844)
+    browser.resize(390, 844)
     try:
-        browser.get(f'{server.url}/')
-        WebDriverWait(browser, 60).until(
-            lambda b: len(b.find_elements(By.CSS_SELECTOR, '#profile-table tbody tr')) == 13)
-        assert browser.execute_script('return document.documentElement.scrollWidth <= window.innerWidth')
+        browser.open(f'{server.url}/')
+        until(lambda: len(browser.all('#profile-table tbody tr')) == 13)
+        assert browser.script('return document.documentElement.scrollWidth <= window.innerWidth')
     finally:
-        browser.set_window_size(1280, 800)
+        browser.resize(1280, 800)
+    assert browser.errors(server.url) == []

@@ -1,5 +1,6 @@
 """Scale-out on Ray Serve: `scalavit serve RUN --replicas 2` on a local Ray instance that the test starts (2 replicas
-of 1 thread), answering through Ray's proxy; both replicas used, one killed and the service still answering."""
+of 1 thread), answering through Ray's proxy; both replicas used, the live page served, one killed and the service
+still answering."""
 import asyncio
 import os
 import shutil
@@ -17,6 +18,7 @@ from serving import Server
 
 pytest.importorskip('ray.serve')
 
+from scalavit.serve.app import PAGE  # noqa: E402
 from scalavit.serve.ray import app, deployment_options, parse_arguments  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a Ray instance: scripts/test.sh --fast skips it
@@ -111,6 +113,18 @@ def test_requests_through_rays_proxy_use_both_replicas_and_ray_gets_the_metrics(
             break
         time.sleep(2)
     assert len([count for count in answered.values() if count > 0]) >= 2, answered
+
+
+def test_the_live_page_and_what_it_reads_are_answered_through_rays_proxy(ray_server, labelled_png):
+    png, label = labelled_png
+    page = httpx.get(f'{ray_server.url}/', timeout=30)
+    assert page.status_code == 200 and page.text == PAGE and page.headers['content-type'].startswith('text/html')
+    stats = httpx.get(f'{ray_server.url}/stats', params={'seconds': 10}, timeout=30).json()
+    assert len(stats['seconds']) == 10 and stats['widths'] == [0.25 + i / 16 for i in range(13)]
+    assert len(httpx.get(f'{ray_server.url}/widths', timeout=30).json()['profile']) == 13
+    every = httpx.post(f'{ray_server.url}/predict/widths', content=png, timeout=60,
+                       headers={'Content-Type': 'image/png', 'X-SLO-Ms': '10000'}).json()['widths']
+    assert [a['width'] for a in every] == stats['widths'] and every[-1]['top5'][0]['label'] == label
 
 
 def test_a_killed_replica_is_replaced_and_the_service_keeps_answering(ray_server, labelled_png):

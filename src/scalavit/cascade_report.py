@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from .cascade import Cascade, calibrate, collect, sweep  # noqa: E402
-from .checkpoint import check_same_classes, load_model  # noqa: E402
+from .checkpoint import check_same_classes, load_model, weights_digest  # noqa: E402
 from .data import (SkipUnreadable, build_calibration_dataset, build_eval_dataset, build_transform,  # noqa: E402
                    collate_readable, describe)
 from .evaluate import count_macs  # noqa: E402
 from .files import write_atomically, write_text_atomically  # noqa: E402
+from .report import read_report  # noqa: E402
 
 CALIBRATION_IMAGES = 5000
 LATENCY_IMAGES = 256
@@ -59,11 +60,44 @@ def evaluate_cascade(checkpoint: str, widths: list[float], data: Optional[str] =
     steps = len(cascade.widths) - 1
     cascade.thresholds = list(chosen['thresholds'])
     images = torch.stack([evaluation_set[i][0] for i in range(min(LATENCY_IMAGES, len(evaluation_set)))]).to(device)
-    return dict(checkpoint=str(checkpoint), widths=cascade.widths, confidence=confidence, within_points=within_points,
-                macs=macs, calibration=dict(images=len(calibration_set), chosen=chosen),
+    thresholds = sweep(calibration_stages)
+    return dict(checkpoint=str(checkpoint), weights_sha256=weights_digest(model.state_dict()), widths=cascade.widths,
+                confidence=confidence, within_points=within_points, macs=macs,
+                calibration=dict(folder=calibration, images=len(calibration_set), chosen=chosen,
+                                 sweep=[calibration_stages.score([t] * steps, macs) for t in thresholds]),
                 evaluation=dict(images=measured.correct.shape[1], chosen=measured.score(chosen['thresholds'], macs),
-                                sweep=[measured.score([t] * steps, macs) for t in sweep(calibration_stages)]),
+                                sweep=[measured.score([t] * steps, macs) for t in thresholds]),
                 latency_ms=latency_against_last_width(cascade, images))
+
+
+def saved_cascade(checkpoint: str, widths: list[float], data: Optional[str], device: str, within_points: float,
+                  calibration: Optional[str], confidence: str, model_name: Optional[str], weights: str) -> dict:
+    """The cascade.json beside ``checkpoint`` if it calibrated these grid ``widths`` in this way on these weights
+    (``weights``: their ``weights_digest``); otherwise calibrated and measured now, said why, and saved there."""
+    run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    path = run / 'cascade.json'
+    wanted = dict(widths=widths, confidence=confidence, within_points=within_points, weights_sha256=weights)
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        saved = None
+    except (OSError, ValueError) as error:
+        print(f"{path} is unreadable ({error}); calibrating again", flush=True)
+        saved = None
+    if saved is not None:
+        same = all(saved.get(key) == value for key, value in wanted.items()) and (
+            saved.get('calibration', {}).get('folder') == calibration)
+        if same:
+            return saved
+        print(f"{path} calibrated another cascade, or other weights, than asked; calibrating again", flush=True)
+    result = evaluate_cascade(checkpoint, widths, data, device, within_points=within_points, calibration=calibration,
+                              confidence=confidence, model_name=model_name)
+    try:
+        static_rows = read_report(run)['rows']
+    except FileNotFoundError:
+        static_rows = []
+    write(result, static_rows, run)
+    return result
 
 
 def latency_against_last_width(cascade: Cascade, images: torch.Tensor) -> dict:

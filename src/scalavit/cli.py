@@ -16,7 +16,7 @@ from .evaluate import count_macs, count_params, evaluate, evaluation_set, median
 from .export import FORMATS, check_names_a_folder, export_width
 from .files import check_writable_directory
 from .model import FASHION_MODEL, check_device, check_slimmable_model_name
-from .pick import BUDGETS, choose, rows_for
+from .pick import BUDGETS, cascade_within, choose, rows_for, saved_cascade
 from .report import plot, read_report, table, write_report
 from .rundir import resumed_config, run_directory
 from .train import train
@@ -237,11 +237,34 @@ def _pick(args: argparse.Namespace) -> None:
         mark = '  <- chosen' if row is best else ''
         fits = 'yes' if row[key] <= budget else 'no'
         print(f"{row['width']:>7.4g} {row['top1']:>8.2f} {cost(row[key]):>18} {fits:>5}{mark}")
+    cascade = _pick_cascade(args.checkpoint, budget) if budget_name == 'macs' else None
+    if cascade is not None and (best is None or cascade['top1'] > best['top1']):
+        print(f"cascade {' -> '.join(f'{w:g}' for w in cascade['widths'])} at threshold "
+              f"{cascade['thresholds'][0]:.4f}: more accurate than any width within the budget (top-1 "
+              f"{cascade['top1']:.2f}%, mean MACs {cost(cascade['mean_macs'])}; answered at each stage "
+              f"{' / '.join(f'{a:.1%}' for a in cascade['answered'])})")
+        return
     if best is None:
         raise ValueError(f"no width fits {key} <= {budget:,g}{unit}; the cheapest is width {cheapest['width']:g} "
                          f"at {cost(cheapest[key])}")
     print(f"width {best['width']:g}: the most accurate width within the budget (top-1 {best['top1']:.2f}%, "
           f"{key} {cost(best[key])})")
+
+
+def _pick_cascade(checkpoint: str, macs: float) -> dict | None:
+    """The cascade of `scalavit eval --cascade` with its thresholds for the budget (said, with its evaluation
+    score), or None (and why not)."""
+    saved, why_not = saved_cascade(checkpoint)
+    if saved is None:
+        print(f"cascades: {why_not}")
+        return None
+    chosen = cascade_within(saved, macs)
+    if chosen is None:
+        print(f"cascade {' -> '.join(f'{w:g}' for w in saved['widths'])}: no thresholds fit the budget")
+        return None
+    print(f"cascade {' -> '.join(f'{w:g}' for w in saved['widths'])}: threshold {chosen['thresholds'][0]:.4f} chosen "
+          f"on the calibration images, top-1 {chosen['top1']:.2f}% at {int(chosen['mean_macs']):,d} mean MACs")
+    return dict(chosen, widths=saved['widths'])
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -264,15 +287,28 @@ def _serve(args: argparse.Namespace) -> None:
     backend = 'compiled' if args.compile else 'onnxruntime' if args.onnxruntime else 'eager'
     scaling = {name: value for name in ('replicas', 'min_replicas', 'max_replicas')
                if (value := getattr(args, name)) is not None}
+    if args.cascade and args.policy != 'slackfit':
+        raise ValueError(f"--cascade is one more choice for the slackfit policy; --policy {args.policy} never "
+                         "chooses it")
     if scaling:
+        if args.cascade:
+            raise ValueError("--cascade is served by the plain server for now; leave out --replicas, "
+                             "--min-replicas and --max-replicas")
         _serve_on_ray(args, settings, backend, scaling)
         return
-    runner = Runner(args.checkpoint, args.device, args.model, backend=backend, compile_cache=args.compile_cache)
-    service = Service(runner, settings, runner.accuracies(args.data))
+    runner = Runner(args.checkpoint, args.device, args.model, backend=backend, compile_cache=args.compile_cache,
+                    confidence=args.confidence)
+    accuracies = runner.accuracies(args.data)
+    cascade = args.cascade and runner.cascade_plan(args.cascade, args.data, args.cascade_within, args.calibration)
+    service = Service(runner, settings, accuracies, cascade=cascade or None)
     logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
           f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
           f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
+    if cascade:
+        print(f"scalavit serve: {cascade.name} (thresholds {', '.join(f'{t:.4f}' for t in cascade.thresholds)}, "
+              f"top-1 {cascade.accuracy:.2f}%, {cascade.reach[1]:.1%} of requests going on to width "
+              f"{cascade.widths[1]:g}) is one more choice", flush=True)
     serve(create_app(service, limits.drain_timeout_s), args.host, args.port, limits)
 
 
@@ -324,16 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(evaluation)
     _add_trust_option(evaluation, 'the checkpoints')
-    cascade = evaluation.add_argument_group('cascades: an image answered at the first width sure enough of it')
-    cascade.add_argument('--cascade', type=_widths_list, help='increasing grid widths, e.g. 0.25,1.0')
-    cascade.add_argument('--cascade-within', type=float, default=0.3,
-                         help="thresholds chosen as the cheapest within this many points of the last width's top-1 "
-                              "on the calibration images (default 0.3)")
-    cascade.add_argument('--calibration', help="image folder (FOLDER/<class>/<image>) to choose thresholds on "
-                                               "(default: 5000 images of the training split; never the evaluation "
-                                               "split)")
-    cascade.add_argument('--confidence', default='probability', choices=('probability', 'margin', 'entropy'),
-                         help='top-1 probability (default), top-1 minus top-2, or 1 - normalised entropy')
+    _add_cascade_options(evaluation, 'cascades: an image answered at the first width sure enough of it')
     evaluation.set_defaults(run=_eval)
 
     compare = commands.add_parser('compare', help='draw several evaluated runs on one plot and one table')
@@ -422,8 +449,23 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument('--max-replicas', type=int)
     serve.add_argument('--onnxruntime', action='store_true',
                        help='serve every width through ONNX Runtime (each exported to ONNX and checked at start; CPU)')
+    _add_cascade_options(serve, "a cascade as one more choice of SlackFit (calibrated as `eval --cascade` does, "
+                                "its cascade.json reused)")
     serve.set_defaults(run=_serve)
     return parser
+
+
+def _add_cascade_options(parser: argparse.ArgumentParser, title: str) -> None:
+    cascade = parser.add_argument_group(title)
+    cascade.add_argument('--cascade', type=_widths_list, help='increasing grid widths, e.g. 0.25,1.0')
+    cascade.add_argument('--cascade-within', type=float, default=0.3,
+                         help="thresholds chosen as the cheapest within this many points of the last width's top-1 "
+                              "on the calibration images (default 0.3)")
+    cascade.add_argument('--calibration', help="image folder (FOLDER/<class>/<image>) to choose thresholds on "
+                                               "(default: 5000 images of the training split; never the evaluation "
+                                               "split)")
+    cascade.add_argument('--confidence', default='probability', choices=('probability', 'margin', 'entropy'),
+                         help='top-1 probability (default), top-1 minus top-2, or 1 - normalised entropy')
 
 
 def _one_line(error: BaseException) -> str:

@@ -1,4 +1,6 @@
-"""Choose the most accurate width that fits a budget of latency, MACs or parameters on this device."""
+"""Choose the most accurate width that fits a budget of latency, MACs or parameters on this device; for a MACs
+budget, a cascade's thresholds too (from `scalavit eval --cascade`)."""
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +19,33 @@ def choose(rows: list[dict], key: str, budget: float) -> tuple[Optional[dict], d
     fitting = [row for row in rows if row[key] <= budget]
     best = max(fitting, key=lambda row: (row['top1'], -row[key])) if fitting else None
     return best, min(rows, key=lambda row: row[key])
+
+
+def saved_cascade(checkpoint: str) -> tuple[Optional[dict], str]:
+    """The cascade.json beside the checkpoint if it measured the same weights as its results.json, or None and why
+    not (called once ``saved_report`` has made results.json that of the checkpoint's weights)."""
+    run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
+    try:
+        cascade = json.loads((run / 'cascade.json').read_text())
+    except FileNotFoundError:
+        return None, f"no cascade.json in {run} (`scalavit eval {checkpoint} --cascade 0.25,1.0` measures one)"
+    if cascade.get('weights_sha256') != read_report(run)['meta'].get('weights_sha256') or (
+            'sweep' not in cascade.get('calibration', {})):
+        return None, (f"{run / 'cascade.json'} measured other weights or is of an earlier version; "
+                      f"`scalavit eval {checkpoint} --cascade ...` measures it again")
+    return cascade, ''
+
+
+def cascade_within(cascade: dict, macs: float) -> Optional[dict]:
+    """The cascade's thresholds for a MACs budget: of those whose mean MACs fit on the calibration images and on the
+    evaluation set, the most accurate on the calibration images (never chosen on the evaluation set); its score on
+    the evaluation set, or None."""
+    pairs = [(chosen_on, measured) for chosen_on, measured in zip(cascade['calibration']['sweep'],
+                                                                  cascade['evaluation']['sweep'])
+             if chosen_on['mean_macs'] <= macs and measured['mean_macs'] <= macs]
+    if not pairs:
+        return None
+    return max(pairs, key=lambda pair: (pair[0]['top1'], -pair[0]['mean_macs']))[1]
 
 
 def saved_report(checkpoint: str, data: Optional[str], device: str, model_name: Optional[str],

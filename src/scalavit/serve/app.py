@@ -72,11 +72,14 @@ def from_json(body: bytes) -> bytes:
         raise Problem(400, 'the JSON body needs {"image": "<base64 of the image file>"}') from None
 
 
-def prediction(served: Served) -> dict:
-    return dict(top5=[dict(label=label, probability=p) for label, p in served.output],
-                width=served.width, batch_size=served.batch_size, decode_ms=round(1e3 * served.decode_s, 3),
-                queue_ms=round(1e3 * served.queue_s, 3), compute_ms=round(1e3 * served.compute_s, 3),
-                slo_ms=round(1e3 * served.slo_s, 3))
+def prediction(served: Served, cascade_widths: Optional[tuple[float, ...]] = None) -> dict:
+    """The answer's JSON; ``cascade`` says which stage of the server's cascade answered (1 the first), or is null
+    when the request ran at one width."""
+    cascade = None if served.stage is None else dict(stage=served.stage + 1, widths=list(cascade_widths))
+    return dict(top5=[dict(label=label, probability=p) for label, p in served.output.top],
+                width=served.width, batch_size=served.batch_size, cascade=cascade,
+                decode_ms=round(1e3 * served.decode_s, 3), queue_ms=round(1e3 * served.queue_s, 3),
+                compute_ms=round(1e3 * served.compute_s, 3), slo_ms=round(1e3 * served.slo_s, 3))
 
 
 def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> FastAPI:
@@ -109,7 +112,7 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
 
     @app.get('/widths')
     async def widths():
-        if service.profile is None:
+        if service.batcher is None:
             return error(503, f"not ready: {service.not_ready()}", {'Retry-After': '1'})
         return service.widths_json()
 
@@ -131,7 +134,7 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
     @app.post('/predict')
     async def predict(request: Request):
         try:
-            response = JSONResponse(prediction(await answer(request)))
+            response = JSONResponse(prediction(await answer(request), service.cascade and service.cascade.widths))
         except Problem as problem:
             response = problem_response(problem)
         service.metrics.responded(response.status_code)

@@ -4,19 +4,24 @@ Requests wait in one queue ordered by deadline. Whenever the model is free, the 
 size for the earliest deadlines and one forward answers them; a request whose deadline can no longer be met at any
 width is answered at once instead (``Missed``). New requests are refused when the queue is full or when even the
 cheapest width could not answer them in time (``Refused``), so the backlog never outgrows what can be served.
+
+A batch that starts a cascade answers its confident requests at once; the others go back into the queue pinned to
+the next stage's width, with their deadline, and with the answer they have as a fallback: if no later stage can
+answer in time, that answer goes out.
 """
 import collections
 import heapq
 import itertools
 import logging
 import math
+import operator
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional
 
-from .policy import Choice, Policy, Profile, could_finish_in_time
+from .policy import CascadePlan, Choice, Policy, Profile, could_finish_in_time
 
 log = logging.getLogger('scalavit.serve')
 
@@ -25,6 +30,7 @@ SLOWDOWN_SMOOTHING = 0.1  # weight of the latest batch in the moving average of 
 HALF_LIFE_S = 1.0  # what load taught the controller fades with this half-life once nothing renews it
 OVERHEAD_WINDOW_S = 2.0  # the answers whose time outside the queue and the forward sets the reserve
 HEARTBEAT_S = 0.5  # an idle model thread still shows it is alive this often
+ESCALATION_SMOOTHING = 0.01  # weight of each request in the moving average of a cascade step's escalation rate
 
 
 class Fading:
@@ -86,8 +92,9 @@ class Answer:
     output: Any
     width: float
     batch_size: int
-    queue_s: float
-    compute_s: float
+    queue_s: float  # all of the time since arrival not spent in this request's forwards
+    compute_s: float  # its forwards', every stage of a cascade included
+    stage: Optional[int] = None  # the cascade stage that answered (0 the first), None outside a cascade
 
 
 @dataclass(order=True)
@@ -98,23 +105,29 @@ class Request:
     width: Optional[float] = field(compare=False)  # pinned by the client, or None: the policy's choice
     arrival: float = field(compare=False)
     future: Future = field(compare=False, default_factory=Future)
+    cascade: Optional[CascadePlan] = field(compare=False, default=None)  # the cascade it runs, once chosen
+    stage: int = field(compare=False, default=0)  # the cascade stage it waits for
+    fallback: Optional[Answer] = field(compare=False, default=None)  # the last stage's answer, if the next is late
+    compute_s: float = field(compare=False, default=0.0)
 
 
 @dataclass
 class Batch:
     width: float
     requests: list[Request]
+    cascade: Optional[CascadePlan] = None  # the cascade these requests start
 
 
 class Batcher:
     """``submit(item, slo_s, width)`` returns a Future of an ``Answer``; one thread runs ``run(items, width)``, which
-    returns one output per item."""
+    returns one output per item; ``confidence(output)`` says how sure an output is, for the profile's cascade."""
 
     def __init__(self, run: Callable[[list[Any], float], list[Any]], profile: Profile, policy: Policy,
                  max_queue: int, clock: Callable[[], float] = time.monotonic,
-                 on_batch: Optional[Callable[[Batch, float], None]] = None):
+                 on_batch: Optional[Callable[[Batch, float], None]] = None,
+                 confidence: Callable[[Any], float] = operator.attrgetter('confidence')):
         self.run, self.profile, self.policy, self.max_queue = run, profile, policy, max_queue
-        self.clock, self.on_batch = clock, on_batch
+        self.clock, self.on_batch, self.confidence = clock, on_batch, confidence
         self.queue: list[Request] = []
         self.busy_until = 0.0
         # How much slower than profiled the forwards run now (the CPU is shared with the HTTP side), and the time an
@@ -199,7 +212,9 @@ class Batcher:
             chosen = {id(r) for r in taken}
             self.queue = [r for r in self.queue if id(r) not in chosen]
             heapq.heapify(self.queue)
-            return Batch(choice.width, taken), dropped
+            for request in taken if choice.cascade is not None else ():
+                request.cascade = choice.cascade
+            return Batch(choice.width, taken, choice.cascade), dropped
         return None, dropped
 
     def _choose(self, head: Request, waiting: int, seconds: float, arrival_rate: float) -> Optional[Choice]:
@@ -243,10 +258,14 @@ class Batcher:
 
     def _answer(self, batch: Optional[Batch], dropped: list[Request]) -> None:
         for request in dropped:
-            if request.future.set_running_or_notify_cancel():
+            if request.fallback is not None:  # a cascade's later stage would be late: the earlier answer stands
+                request.future.set_result(request.fallback)
+            elif request.future.set_running_or_notify_cancel():
                 request.future.set_exception(Missed('no width could answer before the deadline'))
         if batch is not None:
-            batch.requests = [r for r in batch.requests if r.future.set_running_or_notify_cancel()]
+            # A request a cascade escalated is running already (its client can no longer cancel it).
+            batch.requests = [r for r in batch.requests
+                              if r.future.running() or r.future.set_running_or_notify_cancel()]
             if batch.requests:
                 self._run(batch)
 
@@ -260,18 +279,51 @@ class Batcher:
             self._fail(batch.requests, error)
             return
         end = self.clock()
+        ran = collections.Counter(r.stage for r in batch.requests if r.cascade is not None)
+        escalated = []
         for request, output in zip(batch.requests, outputs):
-            request.future.set_result(Answer(output, batch.width, len(batch.requests), start - request.arrival,
-                                             end - start))
+            request.compute_s += end - start
+            answer = Answer(output, batch.width, len(batch.requests), end - request.arrival - request.compute_s,
+                            request.compute_s, None if request.cascade is None else request.stage)
+            if request.cascade is not None and request.cascade.escalates(request.stage, self.confidence(output)):
+                escalated.append(request)
+                request.fallback, request.stage = answer, request.stage + 1
+                request.width = request.cascade.widths[request.stage]
+            else:
+                request.future.set_result(answer)
+        self._escalate(ran, escalated)
         self._observe(batch, end - start)
         if self.on_batch is not None:
             self.on_batch(batch, end - start)
+
+    def _escalate(self, ran: collections.Counter, escalated: list[Request]) -> None:
+        """Queues the escalated requests for their next stage, and learns how many of those that ran at each stage
+        (``ran``: stage -> requests) go on."""
+        plan = self.profile.cascade
+        went_on = collections.Counter(r.stage - 1 for r in escalated)
+        if plan is not None and ran:
+            steps = [after / before if before > 0 else 0.0 for before, after in zip(plan.reach, plan.reach[1:])]
+            for stage, count in ran.items():
+                if stage < len(steps):
+                    weight = 1 - (1 - ESCALATION_SMOOTHING) ** count
+                    steps[stage] += weight * (went_on[stage] / count - steps[stage])
+            reach = [1.0]
+            for step in steps:
+                reach.append(reach[-1] * step)
+            self.profile = replace(self.profile, cascade=replace(plan, reach=tuple(reach)))
+        if escalated:
+            with self._condition:
+                for request in escalated:
+                    heapq.heappush(self.queue, request)
+                self._condition.notify()
 
     @staticmethod
     def _fail(requests: list[Request], error: Exception) -> None:
         for request in requests:
             if not request.future.done():
-                if request.future.running() or request.future.set_running_or_notify_cancel():
+                if request.fallback is not None:  # a cascade's earlier answer stands
+                    request.future.set_result(request.fallback)
+                elif request.future.running() or request.future.set_running_or_notify_cancel():
                     request.future.set_exception(BatchFailed(f'{type(error).__name__}: {error}'))
 
     def healthy(self, stall_s: float) -> bool:

@@ -24,6 +24,9 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.width = Histogram('scalavit_width', 'Width that answered each request', buckets=sorted(widths),
                                registry=r)
+        self.cascade_answers = Counter('scalavit_cascade_answers', "Requests answered by each stage of the server's "
+                                       'cascade (1 the first), with the width of that stage', ['stage', 'width'],
+                                       registry=r)
         self.slo_misses = Counter('scalavit_slo_misses', 'Requests not answered within their deadline (refusals, '
                                   'drops and late answers)', registry=r)
         self.refusals = Counter('scalavit_refusals', 'Requests refused or dropped with 503', ['reason'], registry=r)
@@ -43,7 +46,10 @@ class Metrics:
         self.batch_size.observe(len(batch.requests))
         self.live.batch(len(batch.requests))
 
-    def answered(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
+    def answered(self, latency_s: float, queue_s: float, width: float, missed: bool, stage=None) -> None:
+        """``stage``: the cascade stage that answered (0 the first), or None."""
+        if stage is not None:
+            self.cascade_answers.labels(str(stage + 1), f'{width:g}').inc()
         self.latency.observe(latency_s)
         self.queue_time.observe(queue_s)
         self.width.observe(width)

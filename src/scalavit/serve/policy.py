@@ -5,21 +5,53 @@ earliest deadline in the queue (its deadline minus now) and how many requests wa
 or None when no (width, batch size) of the profile can finish before that deadline.
 """
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Union
+
+
+@dataclass(frozen=True)
+class CascadePlan:
+    """A confidence cascade as the controller sees it: its widths, the threshold of each step, the share of requests
+    that reach each stage (the first 1.0; calibrated, then as observed), and its top-1 %."""
+
+    widths: tuple[float, ...]
+    thresholds: tuple[float, ...]
+    reach: tuple[float, ...]
+    accuracy: float
+
+    def __post_init__(self):
+        if not (len(self.widths) >= 2 and len(self.thresholds) == len(self.widths) - 1
+                and len(self.reach) == len(self.widths) and self.reach[0] == 1.0):
+            raise ValueError(f"a cascade plan needs k >= 2 widths, k - 1 thresholds and k shares reaching each stage "
+                             f"(the first 1.0); got {self}")
+
+    @property
+    def name(self) -> str:
+        return 'cascade ' + '>'.join(f'{w:g}' for w in self.widths)
+
+    def escalates(self, stage: int, confidence: float) -> bool:
+        """Whether an answer of ``stage`` (0 the first) this confident goes on to the next stage."""
+        return stage < len(self.widths) - 1 and confidence < self.thresholds[stage]
+
+
+Option = Union[float, CascadePlan]  # what the controller chooses between: a width, or the cascade
 
 
 @dataclass(frozen=True)
 class Profile:
-    """The measured p95 latency of every (width, batch size) on the serving device, and each width's accuracy."""
+    """The measured p95 latency of every (width, batch size) on the serving device, each width's accuracy, and the
+    cascade the server may run, if any."""
 
     latency: dict[tuple[float, int], float]  # (width, batch size) -> p95 seconds
     accuracy: dict[float, float]  # width -> top-1 %
+    cascade: Optional[CascadePlan] = None
 
     def __post_init__(self):
         missing = sorted({(w, b) for w in self.widths for b in self.batch_sizes} - set(self.latency))
         if missing or set(self.accuracy) != set(self.widths):
             raise ValueError(f"the profile needs a latency for every (width, batch size) and an accuracy for every "
                              f"width; missing {missing[:3] or sorted(set(self.widths) ^ set(self.accuracy))}")
+        if self.cascade is not None and not set(self.cascade.widths) <= set(self.widths):
+            raise ValueError(f"the cascade's widths {self.cascade.widths} are not all profiled widths")
 
     @property
     def widths(self) -> list[float]:
@@ -41,10 +73,29 @@ class Profile:
     def most_accurate(self) -> float:
         return max(self.widths, key=lambda w: (self.accuracy[w], -self.latency[(w, 1)]))
 
-    def p95(self, width: float, count: int) -> float:
-        """The p95 latency of ``count`` requests at ``width``: that of the smallest profiled batch that holds them."""
+    def p95(self, width: float, count: float) -> float:
+        """The p95 latency of ``count`` requests at ``width``: that of the smallest profiled batch that holds them.
+        (Below one request, as for the share of a batch that reaches a cascade's stage, the cost is that share of
+        one request's.)"""
+        if count < 1:
+            return count * self.latency[(width, 1)]
         batch = next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
         return self.latency[(width, batch)] * max(1.0, count / batch)
+
+    @property
+    def options(self) -> list[Option]:
+        """Every width, and the cascade if there is one."""
+        return self.widths + ([self.cascade] if self.cascade is not None else [])
+
+    def cost(self, option: Option, count: int) -> float:
+        """Seconds to answer ``count`` requests with ``option``: a width's p95, or the cascade's expected cost, each
+        stage's p95 for the share of the requests that reach it."""
+        if isinstance(option, CascadePlan):
+            return sum(self.p95(w, share * count) for w, share in zip(option.widths, option.reach))
+        return self.p95(option, count)
+
+    def accuracy_of(self, option: Option) -> float:
+        return option.accuracy if isinstance(option, CascadePlan) else self.accuracy[option]
 
     def rate(self, width: float) -> float:
         """Requests a second ``width`` sustains at its most efficient batch size."""
@@ -60,6 +111,7 @@ class Profile:
 class Choice:
     width: float
     batch_size: int  # how many of the earliest-deadline requests to answer together
+    cascade: Optional[CascadePlan] = None  # the cascade these requests start, ``width`` its first stage
 
 
 class Policy(Protocol):
@@ -85,6 +137,10 @@ class SlackFit:
     being formed, it answers ``headroom`` times the current arrival rate; when none does, the fastest that fits. (The
     batch being formed, not the most efficient one: under load on a shared CPU the batches a width would need to keep
     up do not form, and a width chosen for them collapses into small batches and a growing backlog.)
+
+    A profile with a cascade offers it as one more option, costed at its expected latency and valued at its
+    accuracy: under light load the full width wins, and as load grows the cascade can keep its accuracy at a cost
+    between its stages'.
     """
 
     name = 'slackfit'
@@ -96,17 +152,20 @@ class SlackFit:
         count = min(waiting, profile.max_batch_size)
         sizes = [count] + [b for b in reversed(profile.batch_sizes) if b < count]
         for size in sizes:
-            fitting = [w for w in profile.widths if profile.p95(w, size) <= slack]
+            fitting = [o for o in profile.options if profile.cost(o, size) <= slack]
             if fitting:
-                return Choice(self._width(profile, fitting, size, arrival_rate), size)
+                option = self._option(profile, fitting, size, arrival_rate)
+                if isinstance(option, CascadePlan):
+                    return Choice(option.widths[0], size, option)
+                return Choice(option, size)
         return None
 
-    def _width(self, profile: Profile, fitting: list[float], size: int, arrival_rate: float) -> float:
-        rates = {w: size / profile.p95(w, size) for w in fitting}
-        keeping_up = [w for w in fitting if rates[w] >= self.headroom * arrival_rate]
+    def _option(self, profile: Profile, fitting: list[Option], size: int, arrival_rate: float) -> Option:
+        rates = {o: size / profile.cost(o, size) for o in fitting}
+        keeping_up = [o for o in fitting if rates[o] >= self.headroom * arrival_rate]
         if not keeping_up:
             return max(fitting, key=rates.get)
-        return max(keeping_up, key=lambda w: (profile.accuracy[w], -profile.latency[(w, 1)]))
+        return max(keeping_up, key=lambda o: (profile.accuracy_of(o), -profile.cost(o, 1)))
 
 
 class MaxAccuracy:

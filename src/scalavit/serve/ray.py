@@ -67,8 +67,8 @@ class RayMetrics(Metrics):
         super().on_batch(batch, compute_s)
         self.ray_batch.observe(len(batch.requests))
 
-    def answered(self, latency_s: float, queue_s: float, width: float, missed: bool) -> None:
-        super().answered(latency_s, queue_s, width, missed)
+    def answered(self, latency_s: float, queue_s: float, width: float, missed: bool, stage=None) -> None:
+        super().answered(latency_s, queue_s, width, missed, stage)
         self.ray_latency.observe(latency_s)
         self.ray_width.observe(width)
         if missed:

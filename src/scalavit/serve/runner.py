@@ -3,6 +3,7 @@ width of the grid (the width is the forward's argument: no module state changes,
 profile of every (width, batch size) measured here."""
 import importlib.util
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from timm.data import resolve_data_config
 
+from ..cascade import CONFIDENCES
 from ..checkpoint import load_model, weights_digest
 from ..compiled import CompiledWidths, check_can_compile, compile_widths
 from ..data import build_transform
@@ -18,6 +20,7 @@ from ..export import export_width
 from ..images import decode
 from ..model import SlimmableVisionTransformer, check_device
 from ..pick import saved_report
+from .policy import CascadePlan
 
 
 class OnnxRuntimeWidths:
@@ -45,9 +48,15 @@ class OnnxRuntimeWidths:
 BACKENDS = ('eager', 'compiled', 'onnxruntime')
 
 
+@dataclass
+class Prediction:
+    top: list[tuple[str, float]]  # the top-k (class name, probability)
+    confidence: float  # how sure, as the cascade measures it
+
+
 class Runner:
     def __init__(self, checkpoint: str, device: str = 'cpu', model_name: Optional[str] = None, top_k: int = 5,
-                 backend: str = 'eager', compile_cache: Optional[Path] = None):
+                 backend: str = 'eager', compile_cache: Optional[Path] = None, confidence: str = 'probability'):
         self.checkpoint, self.device, self.model_name = checkpoint, check_device(device), model_name
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -66,6 +75,7 @@ class Runner:
         self.mode = 'L' if self.input_size[0] == 1 else 'RGB'
         self.transform = build_transform(resolve_data_config(model=self.model), False)
         self.top_k = min(top_k, self.model.num_classes)
+        self.confidence_name, self.confidence = confidence, CONFIDENCES[confidence]
 
     @property
     def widths(self) -> tuple[float, ...]:
@@ -96,12 +106,13 @@ class Runner:
         return self.transform(decode(data, self.mode, max_pixels))
 
     @torch.inference_mode()
-    def run(self, images: list[torch.Tensor], width: float) -> list[list[tuple[str, float]]]:
-        """The top-k (class name, probability) of each image at ``width``."""
-        logits = self.forward(torch.stack(images).to(self.device), width)
-        probabilities, indices = logits.float().softmax(-1).topk(self.top_k, dim=-1)
-        return [[(str(self.classes[i]), round(float(p), 6)) for i, p in zip(row_i.tolist(), row_p.tolist())]
-                for row_i, row_p in zip(indices.cpu(), probabilities.cpu())]
+    def run(self, images: list[torch.Tensor], width: float) -> list[Prediction]:
+        """The top-k (class name, probability) and the confidence of each image at ``width``."""
+        logits = self.forward(torch.stack(images).to(self.device), width).float()
+        probabilities, indices = logits.softmax(-1).topk(self.top_k, dim=-1)
+        return [Prediction([(str(self.classes[i]), round(float(p), 6)) for i, p in zip(row_i, row_p)], sure)
+                for row_i, row_p, sure in zip(indices.tolist(), probabilities.tolist(),
+                                              self.confidence(logits).tolist())]
 
     def macs(self) -> dict[float, int]:
         """Multiply-accumulates for one image at every width."""
@@ -128,3 +139,18 @@ class Runner:
             raise ValueError(f"the evaluation report beside {self.checkpoint} lacks widths {missing}; run "
                              f"`scalavit eval {self.checkpoint}` again")
         return {w: accuracy[w] for w in self.widths}
+
+    def cascade_plan(self, widths: list[float], data: Optional[str], within_points: float,
+                     calibration: Optional[str]) -> CascadePlan:
+        """The cascade ``widths`` with thresholds calibrated as ``scalavit eval --cascade`` does (its cascade.json
+        beside the checkpoint when it measured the same, else calibrated now and saved there): its thresholds, its
+        top-1 on the evaluation set, and the share of those images that reached each stage."""
+        from ..cascade_report import saved_cascade  # with matplotlib, for its plot: only when serving a cascade
+
+        widths = [self.model.grid.snap(w) for w in widths]
+        result = saved_cascade(self.checkpoint, widths, data, str(self.device), within_points, calibration,
+                               self.confidence_name, self.model_name, weights_digest(self.model.state_dict()))
+        chosen = result['evaluation']['chosen']
+        reach = [1.0 - sum(chosen['answered'][:stage]) for stage in range(len(result['widths']))]
+        return CascadePlan(tuple(result['widths']), tuple(chosen['thresholds']),
+                           tuple(max(0.0, share) for share in reach), chosen['top1'])

@@ -21,7 +21,7 @@ from PIL import Image
 from ..images import BadImage, ImageTooLarge, UnsupportedImage
 from .batcher import Answer, Batcher, BatchFailed, Missed, Refused, retry_after_header
 from .metrics import Metrics
-from .policy import Profile, parse_policy
+from .policy import CascadePlan, Profile, SlackFit, parse_policy
 
 log = logging.getLogger('scalavit.serve')
 
@@ -86,6 +86,7 @@ class Served:
     queue_s: float
     compute_s: float
     slo_s: float
+    stage: Optional[int] = None  # the cascade stage that answered (0 the first), None outside a cascade
 
 
 async def read_body(request, limit: int) -> bytes:
@@ -108,10 +109,14 @@ def usable_cores() -> int:
 
 
 class Service:
-    def __init__(self, runner, settings: Settings, accuracy: dict[float, float], metrics: Optional[Metrics] = None):
-        self.runner, self.settings, self.accuracy = runner, settings, accuracy
+    def __init__(self, runner, settings: Settings, accuracy: dict[float, float], metrics: Optional[Metrics] = None,
+                 cascade: Optional[CascadePlan] = None):
+        self.runner, self.settings, self.accuracy, self.cascade = runner, settings, accuracy, cascade
         self.metrics = metrics or Metrics(runner.widths)
         self.policy = parse_policy(settings.policy, list(runner.widths))
+        if cascade is not None and not isinstance(self.policy, SlackFit):
+            raise ValueError(f"--cascade is one more choice for the slackfit policy; --policy {settings.policy} "
+                             "never chooses it")
         self.batcher: Optional[Batcher] = None
         self.profile: Optional[Profile] = None
         self.error: Optional[str] = None
@@ -137,7 +142,8 @@ class Service:
             # Counted before the model thread starts: the flop counter hooks every module of the process while it runs.
             self.macs = self.runner.macs()
             self.profile = Profile(self.runner.measure_latency(self.settings.batch_sizes,
-                                                               self.settings.profile_repeats), self.accuracy)
+                                                               self.settings.profile_repeats), self.accuracy,
+                                   self.cascade)
             self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
                                    on_batch=self.metrics.on_batch).start()
             log.info("ready: %d widths (%s) x %d batch sizes prepared and profiled in %.1f s",
@@ -238,9 +244,9 @@ class Service:
         answer = await self._answer(item, slo_s, width)
         elapsed = time.monotonic() - ready
         self.batcher.note_overhead(elapsed - answer.queue_s - answer.compute_s)
-        self.metrics.answered(elapsed, answer.queue_s, answer.width, missed=elapsed > slo_s)
+        self.metrics.answered(elapsed, answer.queue_s, answer.width, missed=elapsed > slo_s, stage=answer.stage)
         return Served(answer.output, answer.width, answer.batch_size, ready - start, answer.queue_s,
-                      answer.compute_s, slo_s)
+                      answer.compute_s, slo_s, answer.stage)
 
     async def _answer(self, item: Any, slo_s: float, width: Optional[float]) -> Answer:
         try:
@@ -263,11 +269,18 @@ class Service:
                                "ready (see /health/ready)", 1.0) from None
 
     def widths_json(self) -> dict:
-        profile = self.profile
+        profile = self.batcher.profile  # with the cascade's escalation as observed so far
         return dict(
             policy=self.policy.name, backend=self.runner.backend, slo_ms=self.settings.slo_ms,
             widths=list(self.runner.widths),
             batch_sizes=profile.batch_sizes,
             profile=[dict(width=w, top1=profile.accuracy[w],
                           p95_ms={str(b): round(1e3 * profile.latency[(w, b)], 4) for b in profile.batch_sizes})
-                     for w in profile.widths])
+                     for w in profile.widths],
+            cascade=None if profile.cascade is None else self.cascade_json(profile))
+
+    def cascade_json(self, profile: Profile) -> dict:
+        plan = profile.cascade
+        return dict(widths=list(plan.widths), thresholds=list(plan.thresholds), confidence=self.runner.confidence_name,
+                    top1=plan.accuracy, reach=[round(share, 4) for share in plan.reach],
+                    expected_ms={str(b): round(1e3 * profile.cost(plan, b), 4) for b in profile.batch_sizes})

@@ -201,8 +201,8 @@ def fp32_elements(tensor: dict, shape: list[int]) -> np.ndarray:
 
 def respond(inference: dict, model: str, served: list[Served], k: int) -> Response:
     """The inference response: JSON, or JSON then binary tensors where the request asked for binary outputs."""
-    labels = [[label for label, _ in s.output] for s in served]
-    probabilities = np.array([[p for _, p in s.output] for s in served], dtype=np.float32).reshape(len(served), k)
+    labels = [[label for label, _ in s.output.top] for s in served]
+    probabilities = np.array([[p for _, p in s.output.top] for s in served], dtype=np.float32).reshape(len(served), k)
     available = {LABELS: ('BYTES', labels), PROBABILITIES: ('FP32', probabilities)}
     requested = inference.get('outputs') or [{'name': n} for n in available]
     all_binary = bool((inference.get('parameters') or {}).get('binary_data_output', False))
@@ -224,6 +224,9 @@ def respond(inference: dict, model: str, served: list[Served], k: int) -> Respon
         decode_ms=round(1e3 * max(s.decode_s for s in served), 3),
         queue_ms=round(1e3 * max(s.queue_s for s in served), 3),
         compute_ms=round(1e3 * max(s.compute_s for s in served), 3), slo_ms=round(1e3 * served[0].slo_s, 3))}
+    stages = [s.stage for s in served if s.stage is not None]
+    if stages:  # the server's cascade answered: the furthest stage any image reached (1 the first)
+        body['parameters']['cascade_stage'] = max(stages) + 1
     if 'id' in inference:
         body['id'] = str(inference['id'])
     header = json.dumps(body).encode()
