@@ -134,6 +134,12 @@ CASES = {
                                 '--slo-ms must be at most 60000'),
     'serve a model name with a slash': (lambda T, S: ['serve', T / 'scala', '--served-model-name', 'a/b'],
                                         "--served-model-name 'a/b': use letters, digits"),
+    'serve a cascade to a fixed width': (lambda T, S: ['serve', T / 'scala', '--cascade', '0.25,1', '--policy',
+                                                       'fixed:1'], '--cascade is one more choice for the slackfit'),
+    'serve a cascade on Ray': (lambda T, S: ['serve', T / 'scala', '--cascade', '0.25,1', '--replicas', '2'],
+                               '--cascade is served by the plain server for now'),
+    'serve a cascade off the grid': (lambda T, S: ['serve', T / 'scala', '--cascade', '0.3,1'],
+                                     'is not on this model'),
 }
 
 

@@ -164,3 +164,22 @@ def test_the_server_answers_every_request_of_a_mixed_batch_once_with_the_stage_t
                if family.name == 'scalavit_cascade_answers' for s in family.samples if s.name.endswith('_total')}
     assert counted == {('1', '0.25'): sum(b['cascade']['stage'] == 1 for b in bodies),
                        ('2', '1'): sum(b['cascade']['stage'] == 2 for b in bodies)}
+
+
+def test_a_later_stage_runs_only_if_it_leaves_the_other_requests_time():
+    clock, calls = FakeClock(), []
+    queue = Batcher(run_recording(calls), PROFILE, AlwaysTheCascade(), max_queue=64, clock=clock)
+    unsure = queue.submit('unsure:0.5:0.99', slo_s=0.013)
+    queue._answer(*queue.plan(clock.now))  # escalated, pinned to width 1.0 (12.5 ms), which fits its 13 ms
+    # The next request is due in 15 ms: after width 1.0's 12.5 ms, even width 0.25 (4.06 ms) would be late for it.
+    urgent = queue.submit('urgent:0.9:0.9', slo_s=0.015)
+    batch, dropped = queue.plan(clock.now)
+    queue._answer(batch, dropped)
+    assert (unsure.result(timeout=0).width, unsure.result(timeout=0).stage) == (0.25, 0)  # its first answer
+    assert [r.item for r in batch.requests] == ['urgent:0.9:0.9'] and batch.width == 0.25 and urgent.done()
+    # With time to spare for the others, the later stage runs.
+    unsure = queue.submit('unsure:0.5:0.99', slo_s=0.05)
+    queue._answer(*queue.plan(clock.now))
+    relaxed = queue.submit('relaxed:0.9:0.9', slo_s=0.1)
+    batch, _ = queue.plan(clock.now)
+    assert (batch.width, [r.item for r in batch.requests]) == (1.0, ['unsure:0.5:0.99']) and not relaxed.done()

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 class Chromium:
     """Headless Chromium through chromedriver; its console's SEVERE entries are the errors."""
 
-    def __init__(self):
+    def __init__(self, logs):
         from selenium import webdriver
         from selenium.webdriver.common.by import By
         self.by = By
@@ -51,12 +51,12 @@ class Firefox:
     """Headless Firefox ESR through Marionette; the errors are the script errors its console service holds for the
     page's origin (uncaught exceptions, failed scripts)."""
 
-    def __init__(self):
+    def __init__(self, logs):
         from marionette_driver.by import By
         from marionette_driver.marionette import Marionette
         self.by = By
         self.driver = Marionette(host='127.0.0.1', port=serving.free_port(), bin=shutil.which('firefox-esr'),
-                                 headless=True)
+                                 headless=True, gecko_log=str(logs))  # a folder: its log goes there
         self.driver.start_session()
         self.resize(1280, 800)
 
@@ -93,13 +93,13 @@ BROWSERS = {
 
 
 @pytest.fixture(scope='module', params=list(BROWSERS))
-def browser(request):
+def browser(request, tmp_path_factory):
     make, programs, install = BROWSERS[request.param]
     module = {'chromium': 'selenium', 'firefox': 'marionette_driver'}[request.param]
     pytest.importorskip(module)
     if any(shutil.which(program) is None for program in programs):
         pytest.skip(f"no {request.param}: {install}")
-    driver = make()
+    driver = make(tmp_path_factory.mktemp(f'{request.param}-logs'))
     yield driver
     driver.quit()
 

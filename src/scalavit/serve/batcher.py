@@ -198,7 +198,9 @@ class Batcher:
         heapq.heapify(self.queue)
         while self.queue:
             head = self.queue[0]
-            candidates = [r for r in self.queue if r.width == head.width]
+            # Requests batch with those of the same width, and a cascade's later stage with its own kind.
+            candidates = [r for r in self.queue if r.width == head.width and (r.fallback is None) == (
+                head.fallback is None)]
             # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
             # only when nothing fits in that half may the batch use all the slack left.
             slack = head.deadline - now
@@ -212,10 +214,23 @@ class Batcher:
             chosen = {id(r) for r in taken}
             self.queue = [r for r in self.queue if id(r) not in chosen]
             heapq.heapify(self.queue)
+            if head.fallback is not None and not self._leaves_time_for_the_rest(choice.width, len(taken), now):
+                dropped.extend(taken)  # their earlier answers go out: a later stage never makes another request late
+                continue
             for request in taken if choice.cascade is not None else ():
                 request.cascade = choice.cascade
             return Batch(choice.width, taken, choice.cascade), dropped
         return None, dropped
+
+    def _leaves_time_for_the_rest(self, width: float, count: int, now: float) -> bool:
+        """Whether ``count`` requests at a cascade's later stage (``width``) can run and still leave the earliest of
+        the other requests, with those waiting beside it, time to be answered at the cheapest width (or its own)."""
+        rest = [r for r in self.queue if r.fallback is None]
+        if not rest:
+            return True
+        first = min(rest)
+        then = self.profile.p95(first.width or self.profile.cheapest, min(len(rest), self.profile.max_batch_size))
+        return now + self.slowdown() * (self.profile.p95(width, count) + then) + self.reserve_s() <= first.deadline
 
     def _choose(self, head: Request, waiting: int, seconds: float, arrival_rate: float) -> Optional[Choice]:
         slowdown = self.slowdown()
