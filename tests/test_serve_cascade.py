@@ -149,6 +149,7 @@ def test_the_server_answers_every_request_of_a_mixed_batch_once_with_the_stage_t
     server = Server(run, '--cascade', '0.25,1', '--slo-ms', '2000')
     try:
         assert httpx.get(f'{server.url}/widths').json()['cascade']['thresholds'] == [threshold]
+        assert httpx.get(f'{server.url}/stats').json()['cascade'] == [0.25, 1.0]
         answers = server.burst(pngs) + server.burst(pngs)
         metrics = httpx.get(f'{server.url}/metrics').text
     finally:

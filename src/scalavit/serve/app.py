@@ -128,6 +128,7 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
         if not 1 <= seconds <= WINDOW_S:
             return error(400, f"seconds must be from 1 to {WINDOW_S}, got {seconds}")
         return {'slo_ms': service.settings.slo_ms, 'policy': service.policy.name, 'widths': list(service.runner.widths),
+                'cascade': None if service.cascade is None else list(service.cascade.widths),
                 'queue_length': len(service.batcher or ()), 'in_progress': service.in_progress,
                 'seconds': service.metrics.live.snapshot(seconds)}
 
