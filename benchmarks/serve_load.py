@@ -467,10 +467,13 @@ def spread(values: list) -> str:
 def document(args, raw: dict, figures: list[str], elapsed: float, requests: int) -> str:
     policies, results = raw['policies'], raw['results']
     command = 'python benchmarks/serve_load.py ' + ' '.join(sys.argv[1:])
-    lines = [
-        ('# Serving under changing load: one server process against Ray Serve\'s replicas'
-         if len(raw.get('deployments', ['plain'])) > 1 else
-         '# Serving under changing load: SlackFit against fixed-width serving'), '',
+    if len(raw.get('deployments', ['plain'])) > 1:
+        title = "one server process against Ray Serve's replicas"
+    elif any('+cascade:' in p for p in policies):
+        title = 'SlackFit with and without a cascade'
+    else:
+        title = 'SlackFit against fixed-width serving'
+    lines = [f'# Serving under changing load: {title}', '',
         f'Command: `{command}`', '',
         f'Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; server and client on '
         f'the same machine. Checkpoint `{args.checkpoint}`; SLO {args.slo_ms:g} ms; {requests} requests over '

@@ -229,16 +229,20 @@ def _pick(args: argparse.Namespace) -> None:
     rows, source = rows_for(args.checkpoint, args.device, args.batch, args.data, args.model, args.repeats,
                             args.compile, args.compile_cache)
     best, cheapest = choose(rows, key, budget)
+    cascade, about_cascade = _pick_cascade(args.checkpoint, budget) if budget_name == 'macs' else (None, None)
+    if cascade is not None and best is not None and cascade['top1'] <= best['top1']:
+        cascade = None
     unit = {'latency_ms': ' ms', 'macs': ' MACs', 'params': ' parameters'}[budget_name]
     print(f"budget: {key} <= {budget:,g}{unit}; latencies {source}")
     cost = (lambda v: f"{v:,.3f}") if budget_name == 'latency_ms' else (lambda v: f"{int(v):,d}")
     print(f"{'width':>7} {'top-1 %':>8} {key:>18} {'fits':>5}")
     for row in rows:
-        mark = '  <- chosen' if row is best else ''
+        mark = '  <- chosen' if row is best and cascade is None else ''
         fits = 'yes' if row[key] <= budget else 'no'
         print(f"{row['width']:>7.4g} {row['top1']:>8.2f} {cost(row[key]):>18} {fits:>5}{mark}")
-    cascade = _pick_cascade(args.checkpoint, budget) if budget_name == 'macs' else None
-    if cascade is not None and (best is None or cascade['top1'] > best['top1']):
+    if about_cascade:
+        print(about_cascade)
+    if cascade is not None:
         print(f"cascade {' -> '.join(f'{w:g}' for w in cascade['widths'])} at threshold "
               f"{cascade['thresholds'][0]:.4f}: more accurate than any width within the budget (top-1 "
               f"{cascade['top1']:.2f}%, mean MACs {cost(cascade['mean_macs'])}; answered at each stage "
@@ -251,20 +255,19 @@ def _pick(args: argparse.Namespace) -> None:
           f"{key} {cost(best[key])})")
 
 
-def _pick_cascade(checkpoint: str, macs: float) -> dict | None:
-    """The cascade of `scalavit eval --cascade` with its thresholds for the budget (said, with its evaluation
-    score), or None (and why not)."""
+def _pick_cascade(checkpoint: str, macs: float) -> tuple[dict | None, str]:
+    """The cascade of `scalavit eval --cascade` with its thresholds for the budget, or None; and a line saying what
+    was found."""
     saved, why_not = saved_cascade(checkpoint)
     if saved is None:
-        print(f"cascades: {why_not}")
-        return None
+        return None, f"cascades: {why_not}"
+    name = ' -> '.join(f'{w:g}' for w in saved['widths'])
     chosen = cascade_within(saved, macs)
     if chosen is None:
-        print(f"cascade {' -> '.join(f'{w:g}' for w in saved['widths'])}: no thresholds fit the budget")
-        return None
-    print(f"cascade {' -> '.join(f'{w:g}' for w in saved['widths'])}: threshold {chosen['thresholds'][0]:.4f} chosen "
-          f"on the calibration images, top-1 {chosen['top1']:.2f}% at {int(chosen['mean_macs']):,d} mean MACs")
-    return dict(chosen, widths=saved['widths'])
+        return None, f"cascade {name}: no thresholds fit the budget"
+    return dict(chosen, widths=saved['widths']), (
+        f"cascade {name}: threshold {chosen['thresholds'][0]:.4f} chosen on the calibration images, top-1 "
+        f"{chosen['top1']:.2f}% at {int(chosen['mean_macs']):,d} mean MACs")
 
 
 def _serve(args: argparse.Namespace) -> None:
