@@ -37,6 +37,14 @@ CONFIDENCES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     'probability': top1_probability, 'margin': margin, 'entropy': certainty}
 
 
+def cascade_widths(grid, widths: list[float]) -> list[float]:
+    """``widths`` as grid widths, checked: two or more, increasing (ValueError naming the problem otherwise)."""
+    widths = [grid.snap(w) for w in widths]  # a width off the grid raises ValueError naming the grid
+    if len(widths) < 2 or any(a >= b for a, b in zip(widths, widths[1:])):
+        raise ValueError(f"a cascade needs two or more widths in increasing order, got {widths}")
+    return widths
+
+
 class Cascade(nn.Module):
     """``Cascade(model, widths, thresholds)(x)`` gives the logits of each image and the width that answered it.
 
@@ -47,9 +55,7 @@ class Cascade(nn.Module):
     def __init__(self, model: SlimmableVisionTransformer, widths: list[float], thresholds: list[float],
                  confidence: str = 'probability'):
         super().__init__()
-        widths = [model.grid.snap(w) for w in widths]  # a width off the grid raises ValueError naming the grid
-        if len(widths) < 2 or any(a >= b for a, b in zip(widths, widths[1:])):
-            raise ValueError(f"a cascade needs two or more widths in increasing order, got {widths}")
+        widths = cascade_widths(model.grid, widths)
         if len(thresholds) != len(widths) - 1:
             raise ValueError(f"a cascade of {len(widths)} widths needs {len(widths) - 1} threshold(s) (one for each "
                              f"step but the last), got {len(thresholds)}")

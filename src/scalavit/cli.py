@@ -9,6 +9,7 @@ from pathlib import Path
 import timm
 import torch
 
+from .cascade import cascade_widths
 from .checkpoint import load_model, trusted_checkpoints
 from .compiled import CompileError
 from .config import TrainConfig, option_kind, parse_number, read_config_file
@@ -301,6 +302,8 @@ def _serve(args: argparse.Namespace) -> None:
         return
     runner = Runner(args.checkpoint, args.device, args.model, backend=backend, compile_cache=args.compile_cache,
                     confidence=args.confidence)
+    if args.cascade:
+        cascade_widths(runner.model.grid, args.cascade)  # before anything is evaluated or written
     accuracies = runner.accuracies(args.data)
     cascade = args.cascade and runner.cascade_plan(args.cascade, args.data, args.cascade_within, args.calibration)
     service = Service(runner, settings, accuracies, cascade=cascade or None)

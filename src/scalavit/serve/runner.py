@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from timm.data import resolve_data_config
 
-from ..cascade import CONFIDENCES
+from ..cascade import CONFIDENCES, cascade_widths
 from ..checkpoint import load_model, weights_digest
 from ..compiled import CompiledWidths, check_can_compile, compile_widths
 from ..data import build_transform
@@ -147,7 +147,7 @@ class Runner:
         top-1 on the evaluation set, and the share of those images that reached each stage."""
         from ..cascade_report import saved_cascade  # with matplotlib, for its plot: only when serving a cascade
 
-        widths = [self.model.grid.snap(w) for w in widths]
+        widths = cascade_widths(self.model.grid, widths)
         result = saved_cascade(self.checkpoint, widths, data, str(self.device), within_points, calibration,
                                self.confidence_name, self.model_name, weights_digest(self.model.state_dict()))
         chosen = result['evaluation']['chosen']
