@@ -17,7 +17,7 @@ from .evaluate import count_macs, count_params, evaluate, evaluation_set, median
 from .export import FORMATS, check_names_a_folder, export_width
 from .files import check_writable_directory
 from .model import FASHION_MODEL, check_device, check_slimmable_model_name
-from .pick import BUDGETS, cascade_within, choose, rows_for, saved_cascade
+from .pick import BUDGETS, cascade_beside, cascade_within, choose, rows_for
 from .report import plot, read_report, table, write_report
 from .rundir import resumed_config, run_directory
 from .train import train
@@ -259,7 +259,7 @@ def _pick(args: argparse.Namespace) -> None:
 def _pick_cascade(checkpoint: str, macs: float) -> tuple[dict | None, str]:
     """The cascade of `scalavit eval --cascade` with its thresholds for the budget, or None; and a line saying what
     was found."""
-    saved, why_not = saved_cascade(checkpoint)
+    saved, why_not = cascade_beside(checkpoint)
     if saved is None:
         return None, f"cascades: {why_not}"
     name = ' -> '.join(f'{w:g}' for w in saved['widths'])

@@ -21,7 +21,7 @@ def choose(rows: list[dict], key: str, budget: float) -> tuple[Optional[dict], d
     return best, min(rows, key=lambda row: row[key])
 
 
-def saved_cascade(checkpoint: str) -> tuple[Optional[dict], str]:
+def cascade_beside(checkpoint: str) -> tuple[Optional[dict], str]:
     """The cascade.json beside the checkpoint if it measured the same weights as its results.json, or None and why
     not (called once ``saved_report`` has made results.json that of the checkpoint's weights)."""
     run = Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent
