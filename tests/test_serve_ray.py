@@ -19,7 +19,7 @@ from serving import Server
 pytest.importorskip('ray.serve')
 
 from scalavit.serve.app import PAGE  # noqa: E402
-from scalavit.serve.ray import app, deployment_options, parse_arguments  # noqa: E402
+from scalavit.serve.ray import Scaling, app, deployment_options, parse_arguments  # noqa: E402
 
 pytestmark = pytest.mark.slow  # starts a Ray instance: scripts/test.sh --fast skips it
 
@@ -82,12 +82,12 @@ def burst(url: str, body: bytes, count: int) -> list[httpx.Response]:
 def test_the_builder_takes_ray_cli_strings_and_refuses_what_it_does_not_know(trained):
     checkpoint, settings, options, scaling = parse_arguments(
         {'checkpoint': str(trained / 'scala'), 'replicas': '3', 'threads': '2', 'slo_ms': '50', 'policy': 'maxacc'})
-    assert (settings.slo_ms, settings.policy, options['threads'], scaling) == (50.0, 'maxacc', 2, {'replicas': 3})
+    assert (settings.slo_ms, settings.policy, options.threads, scaling.replicas) == (50.0, 'maxacc', 2, 3)
     deployment = deployment_options(settings, options, scaling)
     assert deployment['num_replicas'] == 3 and deployment['ray_actor_options']['num_cpus'] == 2
     # a replica takes two batches at a time, Ray's router holds as many and sheds the rest with 503
     assert (deployment['max_ongoing_requests'], deployment['max_queued_requests']) == (64, 64)
-    autoscaled = deployment_options(settings, options, {'min_replicas': 1, 'max_replicas': 4})
+    autoscaled = deployment_options(settings, options, Scaling(min_replicas=1, max_replicas=4))
     assert autoscaled['autoscaling_config'] == {'min_replicas': 1, 'max_replicas': 4,
                                                 'target_ongoing_requests': settings.max_batch_size}
     assert app({'checkpoint': str(trained / 'scala')}) is not None

@@ -7,7 +7,9 @@
     serve run scalavit.serve.ray:app checkpoint=RUN min_replicas=1 max_replicas=4 slo_ms=50
 
 Its arguments are those of ``scalavit serve`` with underscores (``slo_ms``, ``max_batch_size``, ``policy``, ``device``,
-``backend`` = eager, compiled or onnxruntime, ...), plus ``replicas`` or ``min_replicas``/``max_replicas``. A replica
+``backend`` = eager, compiled or onnxruntime, ...), plus ``replicas`` or ``min_replicas``/``max_replicas``. Each is
+parsed as its type says, whether it arrives as a string or typed: ``trust_checkpoint=false`` (or 0, no, off) is False,
+and a value that names nothing of its type is refused in one line. A replica
 profiles its device in its constructor, so Ray routes to it only once it can answer; its health check is the
 server's readiness (a dead or stuck model thread gets it replaced); on scale-down it drains what it holds; its metrics
 go to Ray's metrics as well as its own ``/metrics``.
@@ -15,10 +17,10 @@ go to Ray's metrics as well as its own ``/metrics``.
 import dataclasses
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import torch
-from pydantic import TypeAdapter, ValidationError
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, TypeAdapter, ValidationError
 from ray import serve
 from ray.serve import metrics as ray_metrics
 
@@ -30,9 +32,39 @@ from .service import Service, Settings
 
 log = logging.getLogger('scalavit.serve')
 
-RUNNER_OPTIONS = {'device': 'cpu', 'model': None, 'backend': 'eager', 'compile_cache': None, 'data': None,
-                  'threads': None, 'drain_timeout': 10.0, 'trust_checkpoint': False}
-SCALING_OPTIONS = ('replicas', 'min_replicas', 'max_replicas')
+@dataclasses.dataclass(frozen=True)
+class ReplicaOptions:
+    """What a replica needs beyond the server's ``Settings``. Parsed as pydantic parses a config file's values: a
+    ``serve run`` string becomes the type it names ('false', '0', 'no' and 'off' are False), and a string that names
+    no value of the type is refused."""
+
+    device: str = 'cpu'
+    model: Optional[str] = None
+    backend: Literal['eager', 'compiled', 'onnxruntime'] = 'eager'
+    compile_cache: Optional[str] = None
+    data: Optional[str] = None
+    threads: Optional[PositiveInt] = None
+    drain_timeout: PositiveFloat = 10.0
+    trust_checkpoint: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+    """A fixed number of replicas, or an autoscaled range (``min_replicas`` may be 0)."""
+
+    replicas: Optional[PositiveInt] = None
+    min_replicas: Optional[NonNegativeInt] = None
+    max_replicas: Optional[PositiveInt] = None
+
+    def __post_init__(self):
+        if self.replicas is not None and (self.min_replicas is not None or self.max_replicas is not None):
+            raise ValueError("give replicas, or min_replicas and max_replicas, not both")
+        if (self.min_replicas or 0) > (self.max_replicas or self.min_replicas or 1):
+            raise ValueError(f"min_replicas {self.min_replicas} is above max_replicas {self.max_replicas}")
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.min_replicas is not None or self.max_replicas is not None
 
 
 class RayMetrics(Metrics):
@@ -84,15 +116,15 @@ class RayMetrics(Metrics):
 class ScalaVitReplica:
     """One replica: the model, profiled on this replica's device before Ray sends it a request."""
 
-    def __init__(self, checkpoint: str, settings: Settings, options: dict[str, Any]):
-        if options['threads']:
-            torch.set_num_threads(options['threads'])
+    def __init__(self, checkpoint: str, settings: Settings, options: ReplicaOptions):
+        if options.threads:
+            torch.set_num_threads(options.threads)
         logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
-        with trusted_checkpoints(options['trust_checkpoint']):
-            runner = Runner(checkpoint, options['device'], options['model'], backend=options['backend'],
-                            compile_cache=options['compile_cache'])
-            accuracies = runner.accuracies(options['data'])
-        self.drain_timeout = options['drain_timeout']
+        with trusted_checkpoints(options.trust_checkpoint):
+            runner = Runner(checkpoint, options.device, options.model, backend=options.backend,
+                            compile_cache=options.compile_cache)
+            accuracies = runner.accuracies(options.data)
+        self.drain_timeout = options.drain_timeout
         self.service = Service(runner, settings, accuracies, RayMetrics(runner.widths))
         self.service.prepare()
         if self.service.error:
@@ -108,40 +140,41 @@ class ScalaVitReplica:
             raise RuntimeError(f"not ready: {reason}")
 
 
-def parse_arguments(args: dict[str, Any]) -> tuple[str, Settings, dict[str, Any], dict[str, Any]]:
+def parse_arguments(args: dict[str, Any]) -> tuple[str, Settings, ReplicaOptions, Scaling]:
     """The checkpoint, the server's settings, the runner's options and the deployment's scaling, from the builder's
     arguments (strings from ``serve run``, or typed values from a config file or Python)."""
     args = dict(args)
     if 'checkpoint' not in args:
         raise ValueError("give the run to serve: serve run scalavit.serve.ray:app checkpoint=RUN [replicas=N]")
     checkpoint = str(args.pop('checkpoint'))
-    fields = {f.name for f in dataclasses.fields(Settings)}
-    unknown = sorted(set(args) - fields - set(RUNNER_OPTIONS) - set(SCALING_OPTIONS))
+    groups = {kind: {f.name for f in dataclasses.fields(kind)} for kind in (Settings, ReplicaOptions, Scaling)}
+    known = set().union(*groups.values())
+    unknown = sorted(set(args) - known)
     if unknown:
-        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: checkpoint, "
-                         f"{', '.join(sorted(fields | set(RUNNER_OPTIONS) | set(SCALING_OPTIONS)))}")
+        raise ValueError(f"unknown argument(s) {', '.join(unknown)}; known: checkpoint, {', '.join(sorted(known))}")
     try:
-        settings = TypeAdapter(Settings).validate_python({k: v for k, v in args.items() if k in fields})
-        scaling = {k: int(args[k]) for k in SCALING_OPTIONS if k in args}
-        options = {k: type(default)(args[k]) if default is not None and k in args else args.get(k, default)
-                   for k, default in RUNNER_OPTIONS.items()}
-        options['threads'] = int(options['threads']) if options['threads'] else None
-        options['trust_checkpoint'] = str(options['trust_checkpoint']).lower() in ('true', '1', 'yes')
-    except (ValidationError, ValueError, TypeError) as error:
+        settings, options, scaling = (TypeAdapter(kind).validate_python({k: v for k, v in args.items() if k in names})
+                                      for kind, names in groups.items())
+    except ValidationError as error:
+        problems = '; '.join(f"{e['loc'][0]}={e['input']!r}: {e['msg']}" if e['loc'] else
+                             e['msg'].removeprefix('Value error, ') for e in error.errors())
+        raise ValueError(f"bad argument: {problems}") from None
+    except (ValueError, TypeError) as error:
         raise ValueError(f"bad argument: {' '.join(str(error).split())}") from None
     return checkpoint, settings, options, scaling
 
 
-def deployment_options(settings: Settings, options: dict[str, Any], scaling: dict[str, int]) -> dict[str, Any]:
+def deployment_options(settings: Settings, options: ReplicaOptions, scaling: Scaling) -> dict[str, Any]:
     """Ray's options for the replicas: how many (fixed or autoscaled on ongoing requests), their CPUs, and limits
     that leave admission to each replica's own batcher."""
-    if 'min_replicas' in scaling or 'max_replicas' in scaling:
-        low = scaling.get('min_replicas', 1)
-        replicas = {'autoscaling_config': {'min_replicas': low, 'max_replicas': scaling.get('max_replicas', max(low, 1)),
+    if scaling.autoscaled:
+        low = 1 if scaling.min_replicas is None else scaling.min_replicas
+        high = scaling.max_replicas or max(low, 1)
+        replicas = {'autoscaling_config': {'min_replicas': low, 'max_replicas': high,
                                            'target_ongoing_requests': settings.max_batch_size}}
     else:
-        replicas = {'num_replicas': scaling.get('replicas', 1)}
-    cpus = options['threads'] or 1
+        replicas = {'num_replicas': scaling.replicas or 1}
+    cpus = options.threads or 1
     # A replica takes two batches' worth at a time; Ray's router holds as many again (a burst arriving at once
     # counts there until it is spread) for whichever replica frees first, and answers 503 with Retry-After beyond.
     # Requests queued inside a replica's actor would wait there unseen by its deadlines (the replica's clock starts
@@ -149,8 +182,8 @@ def deployment_options(settings: Settings, options: dict[str, Any], scaling: dic
     return dict(name='scalavit', **replicas, max_ongoing_requests=2 * settings.max_batch_size,
                 max_queued_requests=2 * settings.max_batch_size,
                 backpressure_config={'status_code': 503, 'retry_after_s': 1},
-                ray_actor_options={'num_cpus': cpus, 'num_gpus': 1 if options['device'].startswith('cuda') else 0},
-                graceful_shutdown_timeout_s=2 * options['drain_timeout'], health_check_period_s=5.0)
+                ray_actor_options={'num_cpus': cpus, 'num_gpus': 1 if options.device.startswith('cuda') else 0},
+                graceful_shutdown_timeout_s=2 * options.drain_timeout, health_check_period_s=5.0)
 
 
 def app(args: dict[str, Any]) -> serve.Application:
