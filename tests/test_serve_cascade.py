@@ -106,7 +106,7 @@ def test_when_the_next_stage_would_be_late_the_first_stages_answer_stands():
     batch, dropped = queue.plan(clock.now)
     assert batch.cascade is PLAN and not dropped
     queue._answer(batch, dropped)  # escalated: back in the queue, pinned to width 1.0
-    assert not future.done() and len(queue) == 1 and queue.queue[0].width == 1.0
+    assert not future.done() and len(queue) == 1 and queue.queue.head.width == 1.0
     clock.now += 0.045  # 5 ms left: width 1.0 needs 12.5
     batch, dropped = queue.plan(clock.now)
     queue._answer(batch, dropped)

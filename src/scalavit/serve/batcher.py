@@ -10,65 +10,23 @@ the next stage's width, with their deadline, and with the answer they have as a 
 answer in time, that answer goes out.
 """
 import collections
-import heapq
-import itertools
 import logging
 import math
 import operator
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
-from .policy import CascadePlan, Choice, Policy, Profile, could_finish_in_time
+from .estimators import ArrivalRate, EscalationShare, RecentPeak, Speed
+from .planner import Planner
+from .policy import Policy, Profile, could_finish_in_time
+from .queue import Answer, Batch, Request, RequestQueue
 
 log = logging.getLogger('scalavit.serve')
 
-RATE_WINDOW_S = 0.5  # the arrival rate the controller plans for: requests offered over this last stretch
-SLOWDOWN_SMOOTHING = 0.1  # weight of the latest batch in the moving average of observed / profiled latency
-HALF_LIFE_S = 1.0  # what load taught the controller fades with this half-life once nothing renews it
-OVERHEAD_WINDOW_S = 2.0  # the answers whose time outside the queue and the forward sets the reserve
 HEARTBEAT_S = 0.5  # an idle model thread still shows it is alive this often
-ESCALATION_SMOOTHING = 0.01  # weight of each request in the moving average of a cascade step's escalation rate
-
-
-class Fading:
-    """A learned value that fades back to ``rest`` with a half-life unless it is set again: a server that refused
-    everything under a burst must accept again once the burst is over, although no answer came to teach it so."""
-
-    def __init__(self, rest: float, clock: Callable[[], float], half_life_s: float = HALF_LIFE_S):
-        self.rest, self.clock, self.half_life_s = rest, clock, half_life_s
-        self._value, self._at = rest, clock()
-
-    def __call__(self) -> float:
-        faded = 0.5 ** (max(0.0, self.clock() - self._at) / self.half_life_s)
-        return self.rest + (self._value - self.rest) * faded
-
-    def set(self, value: float) -> None:
-        self._value, self._at = value, self.clock()
-
-
-class RecentPeak:
-    """The 90th percentile of the values noted over the last ``window_s`` seconds, as if at least ten had been
-    noted (the missing ones free): it follows what most recent answers cost, while one outlier (a stalled event
-    loop, a garbage collection) never decides it, and it is back to zero once nothing renews it."""
-
-    def __init__(self, clock: Callable[[], float], window_s: float = OVERHEAD_WINDOW_S, at_least: int = 10):
-        self.clock, self.window_s, self.at_least = clock, window_s, at_least
-        self._values: collections.deque[tuple[float, float]] = collections.deque(maxlen=1000)
-
-    def note(self, value: float) -> None:
-        self._values.append((self.clock(), value))
-
-    def __call__(self) -> float:
-        since = self.clock() - self.window_s
-        while self._values and self._values[0][0] < since:
-            self._values.popleft()
-        values = sorted(value for _, value in self._values)
-        count = max(len(values), self.at_least)
-        rank = math.ceil(0.9 * count) - (count - len(values))  # in ``values``, past the free ones
-        return max(0.0, values[rank - 1]) if rank >= 1 else 0.0
 
 
 class Refused(Exception):
@@ -87,58 +45,44 @@ class BatchFailed(Exception):
     """The forward of this request's batch raised; the server goes on with the next batch."""
 
 
-@dataclass
-class Answer:
-    output: Any
-    width: float
-    batch_size: int
-    queue_s: float  # all of the time since arrival not spent in this request's forwards
-    compute_s: float  # its forwards', every stage of a cascade included
-    stage: Optional[int] = None  # the cascade stage that answered (0 the first), None outside a cascade
-
-
-@dataclass(order=True)
-class Request:
-    deadline: float
-    seq: int
-    item: Any = field(compare=False)
-    width: Optional[float] = field(compare=False)  # pinned by the client, or None: the policy's choice
-    arrival: float = field(compare=False)
-    future: Future = field(compare=False, default_factory=Future)
-    cascade: Optional[CascadePlan] = field(compare=False, default=None)  # the cascade it runs, once chosen
-    stage: int = field(compare=False, default=0)  # the cascade stage it waits for
-    fallback: Optional[Answer] = field(compare=False, default=None)  # the last stage's answer, if the next is late
-    compute_s: float = field(compare=False, default=0.0)
-
-
-@dataclass
-class Batch:
-    width: float
-    requests: list[Request]
-    cascade: Optional[CascadePlan] = None  # the cascade these requests start
-
-
 class Batcher:
     """``submit(item, slo_s, width)`` returns a Future of an ``Answer``; one thread runs ``run(items, width)``, which
-    returns one output per item; ``confidence(output)`` says how sure an output is, for the profile's cascade."""
+    returns one output per item; ``confidence(output)`` says how sure an output is, for the profile's cascade.
+
+    The queue is guarded by one lock, taken by ``submit`` (the event loop) and by the model thread while it plans;
+    the estimators guard their own state. A simulator drives the same steps without the thread: ``submit``,
+    ``take`` when the model is free, ``finish`` when its forward ends (``scalavit.serve.simulator``)."""
 
     def __init__(self, run: Callable[[list[Any], float], list[Any]], profile: Profile, policy: Policy,
                  max_queue: int, clock: Callable[[], float] = time.monotonic,
                  on_batch: Optional[Callable[[Batch, float], None]] = None,
                  confidence: Callable[[Any], float] = operator.attrgetter('confidence')):
-        self.run, self.profile, self.policy, self.max_queue = run, profile, policy, max_queue
+        self.run, self.policy, self.max_queue = run, policy, max_queue
         self.clock, self.on_batch, self.confidence = clock, on_batch, confidence
-        self.queue: list[Request] = []
-        self.busy_until = 0.0
-        # How much slower than profiled the forwards run now (the CPU is shared with the HTTP side), and the time an
-        # answer spends after its forward (waking its handler, HTTP), kept free of planned work.
-        self.slowdown, self.reserve_s = Fading(1.0, clock), RecentPeak(clock)
+        self.queue = RequestQueue()
+        self.busy_until = 0.0  # when the batch in the forward typically ends
+        self.speed = Speed(profile, clock)  # how fast the forwards run now against the profile
+        self.arrivals = ArrivalRate()
+        self.reserve_s = RecentPeak(clock)  # what an answer spends between its forward and leaving the server
+        self.escalation = EscalationShare(profile.cascade)
+        self.planner = Planner(policy, self.speed, self.arrivals, self.reserve_s)
         self.closed = False
         self.heartbeat = clock()
-        self._arrivals: collections.deque[float] = collections.deque()
-        self._sequence = itertools.count()
+        self._sequence = 0
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._serve, name='scalavit-model', daemon=True)
+
+    @property
+    def profile(self) -> Profile:
+        """The profile the controller plans with: each (width, batch size) corrected as observed, the cascade's
+        escalation as observed (the machine-wide factor apart: ``speed.factor()``)."""
+        profile = self.speed.profile()
+        plan = self.escalation.plan
+        return profile if plan is profile.cascade else replace(profile, cascade=plan)
+
+    def slowdown(self) -> float:
+        """How many times slower than profiled the forwards run now, machine-wide."""
+        return self.speed.factor()
 
     def start(self) -> 'Batcher':
         self._thread.start()
@@ -157,88 +101,71 @@ class Batcher:
     def __len__(self) -> int:
         return len(self.queue)
 
+    # The event loop's side
+
     def submit(self, item: Any, slo_s: float, width: Optional[float] = None) -> Future:
         now = self.clock()
+        self.arrivals.note(now)  # offered load: refused requests count too
         with self._condition:
-            self._arrivals.append(now)  # offered load: refused requests count too
-            self.arrival_rate(now)  # forgets what is older than the window, so the record stays bounded
             if self.closed:
                 raise Refused('the server is shutting down', retry_after_s=1.0)
             if self._thread.ident is not None and not self._thread.is_alive():
                 raise Refused('the model thread has stopped; the server is not ready', retry_after_s=1.0)
             if len(self.queue) >= self.max_queue:
-                raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time())
-            request = Request(now + slo_s, next(self._sequence), item, width, now)
-            ahead = sum(1 for queued in self.queue if queued.deadline <= request.deadline)
-            busy_for, slowdown = max(0.0, self.busy_until - now), self.slowdown()
-            if not could_finish_in_time(self.profile, (slo_s - self.reserve_s()) / slowdown, ahead,
-                                        busy_for / slowdown, width):
+                raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time(now))
+            self._sequence += 1
+            request = Request(now + slo_s, self._sequence, item, width, now)
+            if not self._could_finish_in_time(request, now):
                 raise Refused(f'no width can answer within {1e3 * slo_s:g} ms at the current load',
-                              self._drain_time())
-            heapq.heappush(self.queue, request)
+                              self._drain_time(now))
+            self.queue.push(request)
             self._condition.notify()
         return request.future
 
-    def arrival_rate(self, now: float) -> float:
-        """Requests a second offered over the last ``RATE_WINDOW_S``."""
-        while self._arrivals and self._arrivals[0] < now - RATE_WINDOW_S:
-            self._arrivals.popleft()
-        return len(self._arrivals) / RATE_WINDOW_S
+    def _could_finish_in_time(self, request: Request, now: float) -> bool:
+        """Whether ``request`` could still be answered in time at the cheapest width (or its pinned one), after the
+        batch in the forward and the requests due before it, in the time forwards take now."""
+        factor = self.speed.factor()
+        return could_finish_in_time(self.profile, (request.deadline - now - self.reserve_s()) / factor,
+                                    self.queue.due_before(request.deadline), max(0.0, self.busy_until - now) / factor,
+                                    request.width)
 
-    def _drain_time(self) -> float:
+    def arrival_rate(self, now: float) -> float:
+        return self.arrivals(now)
+
+    def _drain_time(self, now: float) -> float:
         """Seconds until the queue would be empty at the cheapest width: when to try again."""
-        return len(self.queue) / self.profile.rate(self.profile.cheapest) + max(0.0, self.busy_until - self.clock())
+        profile = self.profile
+        return (self.speed.factor() * len(self.queue) / profile.typical_rate(profile.cheapest)
+                + max(0.0, self.busy_until - now))
+
+    def note_overhead(self, seconds: float) -> None:
+        """What one answer spent between its forward and leaving the server; the reserve follows what most recent
+        answers spent, so that answers planned to the edge of their slack still arrive in time."""
+        self.reserve_s.note(seconds)
+
+    # The model's side: take a batch, run it, finish it
 
     def plan(self, now: float) -> tuple[Optional[Batch], list[Request]]:
-        """Take the next batch off the queue, and the requests found unanswerable on the way (caller holds no lock
-        in tests; the model thread holds the queue's lock)."""
-        dropped = []
-        # A client that went away cancelled its future: it takes no place in a batch.
-        self.queue = [r for r in self.queue if not r.future.cancelled()]
-        heapq.heapify(self.queue)
-        while self.queue:
-            head = self.queue[0]
-            # Requests batch with those of the same width, and a cascade's later stage with its own kind.
-            candidates = [r for r in self.queue if r.width == head.width and (r.fallback is None) == (
-                head.fallback is None)]
-            # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
-            # only when nothing fits in that half may the batch use all the slack left.
-            slack = head.deadline - now
-            rate = self.arrival_rate(now)
-            choice = (self._choose(head, len(candidates), min(slack, (head.deadline - head.arrival) / 2), rate)
-                      or self._choose(head, len(candidates), slack, rate))
-            if choice is None:
-                dropped.append(heapq.heappop(self.queue))
-                continue
-            taken = heapq.nsmallest(choice.batch_size, candidates)
-            chosen = {id(r) for r in taken}
-            self.queue = [r for r in self.queue if id(r) not in chosen]
-            heapq.heapify(self.queue)
-            if head.fallback is not None and not self._leaves_time_for_the_rest(choice.width, len(taken), now):
-                dropped.extend(taken)  # their earlier answers go out: a later stage never makes another request late
-                continue
-            for request in taken if choice.cascade is not None else ():
-                request.cascade = choice.cascade
-            return Batch(choice.width, taken, choice.cascade), dropped
-        return None, dropped
+        """The next batch off the queue, and the requests found unanswerable on the way (the caller holds the lock,
+        or owns the batcher, as a test or the simulator does)."""
+        dropped: list[Request] = []
+        return self.planner.plan(self.queue, self.profile, now, dropped), dropped
 
-    def _leaves_time_for_the_rest(self, width: float, count: int, now: float) -> bool:
-        """Whether ``count`` requests at a cascade's later stage (``width``) can run and still leave the earliest of
-        the other requests, with those waiting beside it, time to be answered at the cheapest width (or its own)."""
-        rest = [r for r in self.queue if r.fallback is None]
-        if not rest:
-            return True
-        first = min(rest)
-        then = self.profile.p95(first.width or self.profile.cheapest, min(len(rest), self.profile.max_batch_size))
-        return now + self.slowdown() * (self.profile.p95(width, count) + then) + self.reserve_s() <= first.deadline
-
-    def _choose(self, head: Request, waiting: int, seconds: float, arrival_rate: float) -> Optional[Choice]:
-        slowdown = self.slowdown()
-        slack = (seconds - self.reserve_s()) / slowdown  # in profiled seconds
-        if head.width is None:
-            return self.policy.choose(self.profile, slack, waiting, arrival_rate * slowdown)
-        batch_size = self.profile.largest_batch_within(head.width, slack, waiting)
-        return None if batch_size is None else Choice(head.width, batch_size)
+    def take(self, now: float) -> tuple[Optional[Batch], list[Request]]:
+        """``plan``, and the time the batch is expected to take noted for admission. A fault while planning fails
+        the earliest request (with what was dropped before it still answered), never the others."""
+        dropped: list[Request] = []
+        try:
+            batch = self.planner.plan(self.queue, self.profile, now, dropped)
+        except Exception as error:
+            log.error("planning failed (%s: %s); the earliest request is answered 500", type(error).__name__, error)
+            if self.queue:
+                self._fail([self.queue.pop_head()], error)
+            return None, dropped
+        if batch is not None:
+            self.busy_until = now + self.speed.factor() * self.profile.typical(batch.width, len(batch.requests))
+        return batch, dropped
 
     def _serve(self) -> None:
         """The model thread, until stopped with nothing queued. A fault anywhere (the policy, the forward, the
@@ -260,29 +187,30 @@ class Batcher:
             if not self.queue:
                 return None
             self.heartbeat = now = self.clock()
-            try:
-                batch, dropped = self.plan(now)
-            except Exception as error:  # the request it was planning for fails; the next round plans the others
-                log.error("planning failed (%s: %s); the earliest request is answered 500", type(error).__name__,
-                          error)
-                self._fail([heapq.heappop(self.queue)] if self.queue else [], error)
-                return None, []
-            if batch is not None:
-                self.busy_until = now + self.slowdown() * self.profile.p95(batch.width, len(batch.requests))
-            return batch, dropped
+            return self.take(now)
 
     def _answer(self, batch: Optional[Batch], dropped: list[Request]) -> None:
+        self.resolve(dropped)
+        if batch is not None:
+            batch = self.start_batch(batch)
+            if batch.requests:
+                self._run(batch)
+
+    @staticmethod
+    def resolve(dropped: list[Request]) -> None:
+        """Answers the requests no width could answer in time: a cascade's earlier answer stands, the others missed."""
         for request in dropped:
-            if request.fallback is not None:  # a cascade's later stage would be late: the earlier answer stands
+            if request.fallback is not None:
                 request.future.set_result(request.fallback)
             elif request.future.set_running_or_notify_cancel():
                 request.future.set_exception(Missed('no width could answer before the deadline'))
-        if batch is not None:
-            # A request a cascade escalated is running already (its client can no longer cancel it).
-            batch.requests = [r for r in batch.requests
-                              if r.future.running() or r.future.set_running_or_notify_cancel()]
-            if batch.requests:
-                self._run(batch)
+
+    @staticmethod
+    def start_batch(batch: Batch) -> Batch:
+        """The batch without the requests cancelled since they were planned (a request a cascade escalated is
+        running already: its client can no longer cancel it)."""
+        batch.requests = [r for r in batch.requests if r.future.running() or r.future.set_running_or_notify_cancel()]
+        return batch
 
     def _run(self, batch: Batch) -> None:
         start = self.clock()
@@ -293,7 +221,11 @@ class Batcher:
         except Exception as error:  # a failed forward answers its own requests, never the server
             self._fail(batch.requests, error)
             return
-        end = self.clock()
+        self.finish(batch, outputs, start, self.clock())
+
+    def finish(self, batch: Batch, outputs: list[Any], start: float, end: float) -> None:
+        """Answers a batch's requests with their outputs (or escalates them to the cascade's next stage), and learns
+        from the forward's time."""
         ran = collections.Counter(r.stage for r in batch.requests if r.cascade is not None)
         escalated = []
         for request, output in zip(batch.requests, outputs):
@@ -306,31 +238,18 @@ class Batcher:
                 request.width = request.cascade.widths[request.stage]
             else:
                 request.future.set_result(answer)
-        self._escalate(ran, escalated)
+        self.escalation.learn(ran, collections.Counter(r.stage - 1 for r in escalated))
+        if escalated:
+            with self._condition:
+                for request in escalated:
+                    self.queue.push(request)
+                self._condition.notify()
         self._observe(batch, end - start)
         if self.on_batch is not None:
             self.on_batch(batch, end - start)
 
-    def _escalate(self, ran: collections.Counter, escalated: list[Request]) -> None:
-        """Queues the escalated requests for their next stage, and learns how many of those that ran at each stage
-        (``ran``: stage -> requests) go on."""
-        plan = self.profile.cascade
-        went_on = collections.Counter(r.stage - 1 for r in escalated)
-        if plan is not None and ran:
-            steps = [after / before if before > 0 else 0.0 for before, after in zip(plan.reach, plan.reach[1:])]
-            for stage, count in ran.items():
-                if stage < len(steps):
-                    weight = 1 - (1 - ESCALATION_SMOOTHING) ** count
-                    steps[stage] += weight * (went_on[stage] / count - steps[stage])
-            reach = [1.0]
-            for step in steps:
-                reach.append(reach[-1] * step)
-            self.profile = replace(self.profile, cascade=replace(plan, reach=tuple(reach)))
-        if escalated:
-            with self._condition:
-                for request in escalated:
-                    heapq.heappush(self.queue, request)
-                self._condition.notify()
+    def _observe(self, batch: Batch, seconds: float) -> None:
+        self.speed.observe(batch.width, len(batch.requests), seconds)
 
     @staticmethod
     def _fail(requests: list[Request], error: Exception) -> None:
@@ -345,17 +264,6 @@ class Batcher:
         """Whether the model thread runs and has shown it within ``stall_s``: waiting, planning, or in a forward
         that has not taken longer than that."""
         return self._thread.is_alive() and self.clock() - self.heartbeat <= stall_s
-
-    def _observe(self, batch: Batch, seconds: float) -> None:
-        """Track how much slower than their profile the forwards run now (a moving average of the ratio, never
-        below 1), so that the policy plans with the latencies the server actually sees under load."""
-        ratio = seconds / self.profile.p95(batch.width, len(batch.requests))
-        self.slowdown.set(max(1.0, (1 - SLOWDOWN_SMOOTHING) * self.slowdown() + SLOWDOWN_SMOOTHING * ratio))
-
-    def note_overhead(self, seconds: float) -> None:
-        """What one answer spent between its forward and leaving the server; the reserve follows what most recent
-        answers spent, so that answers planned to the edge of their slack still arrive in time."""
-        self.reserve_s.note(seconds)
 
 
 def retry_after_header(seconds: float) -> str:

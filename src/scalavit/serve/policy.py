@@ -5,6 +5,7 @@ earliest deadline in the queue (its deadline minus now) and how many requests wa
 or None when no (width, batch size) of the profile can finish before that deadline.
 """
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional, Protocol, Union
 
 
@@ -39,11 +40,13 @@ Option = Union[float, CascadePlan]  # what the controller chooses between: a wid
 @dataclass(frozen=True)
 class Profile:
     """The measured p95 latency of every (width, batch size) on the serving device, each width's accuracy, and the
-    cascade the server may run, if any."""
+    cascade the server may run, if any; the median latency too where it was measured (what a forward typically
+    takes, against which the server compares what it observes)."""
 
     latency: dict[tuple[float, int], float]  # (width, batch size) -> p95 seconds
     accuracy: dict[float, float]  # width -> top-1 %
     cascade: Optional[CascadePlan] = None
+    median: Optional[dict[tuple[float, int], float]] = None  # (width, batch size) -> median seconds
 
     def __post_init__(self):
         missing = sorted({(w, b) for w in self.widths for b in self.batch_sizes} - set(self.latency))
@@ -52,12 +55,16 @@ class Profile:
                              f"width; missing {missing[:3] or sorted(set(self.widths) ^ set(self.accuracy))}")
         if self.cascade is not None and not set(self.cascade.widths) <= set(self.widths):
             raise ValueError(f"the cascade's widths {self.cascade.widths} are not all profiled widths")
+        if self.median is not None and set(self.median) != set(self.latency):
+            raise ValueError("the profile's medians must be of the same (width, batch size) as its p95s")
 
-    @property
+    # Computed once: the controller asks for these on every decision.
+
+    @cached_property
     def widths(self) -> list[float]:
         return sorted({width for width, _ in self.latency})
 
-    @property
+    @cached_property
     def batch_sizes(self) -> list[int]:
         return sorted({batch for _, batch in self.latency})
 
@@ -65,24 +72,35 @@ class Profile:
     def max_batch_size(self) -> int:
         return self.batch_sizes[-1]
 
-    @property
+    @cached_property
     def cheapest(self) -> float:
         return min(self.widths, key=lambda w: self.latency[(w, 1)])
 
-    @property
+    @cached_property
     def most_accurate(self) -> float:
         return max(self.widths, key=lambda w: (self.accuracy[w], -self.latency[(w, 1)]))
+
+    def cell(self, width: float, count: float) -> tuple[float, int]:
+        """The profiled (width, batch size) that answers ``count`` requests: the smallest batch that holds them."""
+        return width, next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
 
     def p95(self, width: float, count: float) -> float:
         """The p95 latency of ``count`` requests at ``width``: that of the smallest profiled batch that holds them.
         (Below one request, as for the share of a batch that reaches a cascade's stage, the cost is that share of
         one request's.)"""
-        if count < 1:
-            return count * self.latency[(width, 1)]
-        batch = next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
-        return self.latency[(width, batch)] * max(1.0, count / batch)
+        return self._scaled(self.latency, width, count)
 
-    @property
+    def typical(self, width: float, count: float) -> float:
+        """As ``p95``, at the median where the profile has one."""
+        return self._scaled(self.latency if self.median is None else self.median, width, count)
+
+    def _scaled(self, table: dict[tuple[float, int], float], width: float, count: float) -> float:
+        if count < 1:
+            return count * table[(width, 1)]
+        cell = self.cell(width, count)
+        return table[cell] * max(1.0, count / cell[1])
+
+    @cached_property
     def options(self) -> list[Option]:
         """Every width, and the cascade if there is one."""
         return self.widths + ([self.cascade] if self.cascade is not None else [])
@@ -99,7 +117,24 @@ class Profile:
 
     def rate(self, width: float) -> float:
         """Requests a second ``width`` sustains at its most efficient batch size."""
-        return max(b / self.latency[(width, b)] for b in self.batch_sizes)
+        return self._rates[width]
+
+    def typical_rate(self, width: float) -> float:
+        """As ``rate``, at the median where the profile has one: what many batches in a row sustain."""
+        return self._typical_rates[width]
+
+    @cached_property
+    def _rates(self) -> dict[float, float]:
+        return {w: max(b / self.latency[(w, b)] for b in self.batch_sizes) for w in self.widths}
+
+    @cached_property
+    def _typical_rates(self) -> dict[float, float]:
+        return {w: max(b / self.typical(w, b) for b in self.batch_sizes) for w in self.widths}
+
+    def batch_to_keep_up(self, width: float, rate: float) -> int:
+        """The smallest profiled batch size at which ``width`` answers ``rate`` requests a second (the largest if
+        none does)."""
+        return next((b for b in self.batch_sizes if b / self.latency[(width, b)] >= rate), self.max_batch_size)
 
     def largest_batch_within(self, width: float, slack: float, waiting: int) -> Optional[int]:
         """How many of ``waiting`` requests ``width`` can answer within ``slack`` (None: not even one)."""
@@ -214,6 +249,8 @@ def could_finish_in_time(profile: Profile, slack: float, ahead: int, busy_for: f
                          width: Optional[float] = None) -> bool:
     """Whether a new request could still be answered within ``slack`` at the cheapest width (or its pinned one):
     after the running batch (``busy_for`` seconds) and the ``ahead`` requests due before it, served at that width's
-    best rate. A request that cannot is refused at once rather than queued to fail later."""
+    best rate, then its own forward. The requests ahead take many batches, whose times add up to about their
+    typical (median) times; only the last forward is counted at its p95. A request that cannot is refused at once
+    rather than queued to fail later."""
     width = profile.cheapest if width is None else width
-    return busy_for + ahead / profile.rate(width) + profile.latency[(width, 1)] <= slack
+    return busy_for + ahead / profile.typical_rate(width) + profile.latency[(width, 1)] <= slack
