@@ -27,6 +27,9 @@ from .queue import Answer, Batch, Request, RequestQueue
 log = logging.getLogger('scalavit.serve')
 
 HEARTBEAT_S = 0.5  # an idle model thread still shows it is alive this often
+# Admission assumes the forwards a tenth faster than estimated: a refusal is final, while a request admitted in error
+# is dropped before it costs a forward (the planner's early drop), so admission errs on the side of admitting.
+ADMISSION_OPTIMISM = 0.8
 
 
 class Refused(Exception):
@@ -112,10 +115,12 @@ class Batcher:
             if self._thread.ident is not None and not self._thread.is_alive():
                 raise Refused('the model thread has stopped; the server is not ready', retry_after_s=1.0)
             if len(self.queue) >= self.max_queue:
+                self.arrivals.note_saturated(now)
                 raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time(now))
             self._sequence += 1
             request = Request(now + slo_s, self._sequence, item, width, now)
             if not self._could_finish_in_time(request, now):
+                self.arrivals.note_saturated(now)
                 raise Refused(f'no width can answer within {1e3 * slo_s:g} ms at the current load',
                               self._drain_time(now))
             self.queue.push(request)
@@ -125,7 +130,7 @@ class Batcher:
     def _could_finish_in_time(self, request: Request, now: float) -> bool:
         """Whether ``request`` could still be answered in time at the cheapest width (or its pinned one), after the
         batch in the forward and the requests due before it, in the time forwards take now."""
-        factor = self.speed.factor()
+        factor = self.speed.factor() * ADMISSION_OPTIMISM
         return could_finish_in_time(self.profile, (request.deadline - now - self.reserve_s()) / factor,
                                     self.queue.due_before(request.deadline), max(0.0, self.busy_until - now) / factor,
                                     request.width)
@@ -163,6 +168,8 @@ class Batcher:
             if self.queue:
                 self._fail([self.queue.pop_head()], error)
             return None, dropped
+        if any(r.fallback is None for r in dropped):
+            self.arrivals.note_saturated(now)
         if batch is not None:
             self.busy_until = now + self.speed.factor() * self.profile.typical(batch.width, len(batch.requests))
         return batch, dropped

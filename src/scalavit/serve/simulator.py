@@ -42,11 +42,13 @@ class SimulatedClock:
 
 class Machine:
     """What a forward really takes: the profile's median (or its p95 less the default spread), a log-normal draw
-    with the spread between the two, times the slowdown at its start."""
+    with the spread between the two, times the slowdown at its start. The draw is the seed's for the millisecond the
+    forward starts in, so two policies replayed on the same trace meet the same luck at the same moments (common
+    random numbers: their difference is theirs, not the dice's)."""
 
-    def __init__(self, profile: Profile, slowdown: Slowdown, seed: int):
+    def __init__(self, profile: Profile, slowdown: Slowdown, seed: int, seconds: float, noise: bool = True):
         self.profile, self.slowdown = profile, slowdown
-        self.rng = np.random.default_rng(seed)
+        self.draws = np.random.default_rng(seed).standard_normal(int(seconds * 1000) + 2) * noise
 
     def spread(self, width: float, count: int) -> float:
         if self.profile.median is None:
@@ -57,15 +59,21 @@ class Machine:
         sigma = self.spread(width, count)
         median = self.profile.typical(width, count) if self.profile.median is not None else (
             self.profile.p95(width, count) * math.exp(-Z95 * sigma))
-        return median * math.exp(sigma * self.rng.standard_normal()) * self.slowdown.at(now)
+        draw = self.draws[min(int(now * 1000), len(self.draws) - 1)]
+        return median * math.exp(sigma * draw) * self.slowdown.at(now)
 
 
 def simulate(profile: Profile, policy: Policy, trace: Trace, slowdown: Slowdown, slo_s: float = 0.1,
-             seed: int = 0, max_queue: int = 256, overhead_s: float = 0.0) -> list[Outcome]:
-    """Replays ``trace`` against a batcher with ``policy``; every request's outcome, in arrival order."""
+             seed: int = 0, max_queue: int = 256, overhead_s: float = 0.0, noise: bool = True) -> list[Outcome]:
+    """Replays ``trace`` against a batcher with ``policy``; every request's outcome, in arrival order. Without
+    ``noise`` every forward takes its median (times the slowdown): two policies then differ by their decisions
+    alone, where with it, in overload, the dice alone move attainment by a few thousandths."""
     times, phases = trace.arrivals(seed)
-    clock, machine = SimulatedClock(), Machine(profile, slowdown, seed + 1)
+    clock = SimulatedClock()
+    machine = Machine(profile, slowdown, seed + 1, trace.seconds + 10 * slo_s, noise)
     batcher = Batcher(None, profile, policy, max_queue, clock=clock, confidence=lambda output: 1.0)
+    for width, count in check_forwards(profile):  # as the server checks its profile before it is ready
+        batcher.speed.observe(width, count, machine.forward(width, count, 0.0))
     outcomes = [Outcome(float(t), phase, 'refused') for t, phase in zip(times, phases)]
     futures: dict[int, object] = {}
     running = None  # (end, batch, start)
@@ -103,6 +111,13 @@ def simulate(profile: Profile, policy: Policy, trace: Trace, slowdown: Slowdown,
         outcome.width, outcome.latency_s = answer.width, answer.queue_s + answer.compute_s + overhead_s
         outcome.status = 'in time' if outcome.latency_s <= slo_s else 'late'
     return outcomes
+
+
+def check_forwards(profile: Profile, repeats: int = 3) -> list[tuple[float, int]]:
+    """The forwards a server runs before it is ready, to check its profile against the machine as it is now: the
+    cheapest and the most accurate width at batch 1, and the cheapest at its largest batch."""
+    cells = [(profile.cheapest, 1), (profile.most_accurate, 1), (profile.cheapest, profile.max_batch_size)]
+    return [cell for cell in cells for _ in range(repeats)]
 
 
 def could_have_answered(profile: Profile, factor: float, busy_s: float, ahead: int, slo_s: float) -> bool:

@@ -84,7 +84,7 @@ def flash_crowd(full: float, ceiling: float, peak: float = 0.9, seconds: float =
     second, held, then quiet again."""
     quiet = 0.3 * full
     return Trace(f'flash {peak:g}', (Phase('quiet', seconds, quiet),
-                                      Phase('rise', 0.2, quiet, peak * ceiling),
+                                      Phase('flash', 0.2, quiet, peak * ceiling),
                                       Phase('flash', 1.5 * seconds, peak * ceiling),
                                       Phase('after', seconds, quiet)))
 
