@@ -37,7 +37,8 @@ class Server:
         self.url = f'http://127.0.0.1:{self.port}'
         self.process = subprocess.Popen(
             [sys.executable, '-m', 'scalavit', 'serve', str(checkpoint), '--port', str(self.port),
-             '--profile-repeats', '3', '--max-batch-size', '8', *options],
+             '--profile-repeats', '3', '--max-batch-size', '8',
+             *([] if '--profile-cache' in options else ['--no-profile-cache']), *options],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
         self.output = read_all(self.process.stdout)
         deadline = time.monotonic() + ready_within

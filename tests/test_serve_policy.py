@@ -124,8 +124,9 @@ def test_a_pinned_width_is_served_at_that_width_with_its_own_kind():
 
 def test_the_queue_is_bounded_and_hopeless_requests_are_refused_at_once():
     queue, clock = batcher(max_queue=3)
-    with pytest.raises(Refused, match='no width can answer within 4 ms'):
-        queue.submit('x', slo_s=0.004)
+    # 3 ms: even width 0.25's 4.06 ms, taken a fifth faster than profiled (admission errs on admitting), is late
+    with pytest.raises(Refused, match='no width can answer within 3 ms'):
+        queue.submit('x', slo_s=0.003)
     for i in range(3):
         queue.submit(i, slo_s=1.0)
     with pytest.raises(Refused, match='queue is full') as refused:
@@ -183,7 +184,7 @@ def test_forwards_slower_than_profiled_make_the_controller_plan_with_what_it_see
         queue._run(queue.plan(clock.now)[0])
     # the machine-wide factor has followed most of it (a moving average); each cell that ran learned a little of
     # it too (it cannot yet tell the machine from the cell), so the widths that ran plan with about twice their p95
-    assert 1.5 < queue.slowdown() <= 2.0
+    assert 1.5 < queue.slowdown() <= 2.0 + 1e-9
     assert 1.8 < queue.slowdown() * queue.profile.p95(1.0, 1) / PROFILE.p95(1.0, 1) <= 2.2
     # half the SLO (20 ms) holds width 1.0's 12.5 ms of profile, but not the 23 ms it takes now
     queue.submit('y', slo_s=0.040)
@@ -315,9 +316,13 @@ def test_the_batcher_plans_for_the_offered_rate_refusals_included_and_forgets_it
     queue.plan(clock.now)
     assert policy.rate == pytest.approx(400, rel=0.02)
     assert queue.plan(clock.now)[0].width == 0.25  # 1.25 x 400/s: only width 0.25 keeps up
-    clock.now += 1.0
+    clock.now += 1.0  # quiet since, but the server was saturated: the rate that did it is expected back a while
     queue.plan(clock.now)
-    assert policy.rate == 0
+    assert 200 < policy.rate < 400
+    clock.now += 20.0
+    queue.submit('y', slo_s=1.0)
+    queue.plan(clock.now)
+    assert policy.rate < 3
 
 
 def test_many_threads_submitting_while_the_model_thread_plans_each_get_their_own_answer_once():

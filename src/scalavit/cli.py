@@ -283,7 +283,8 @@ def _serve(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     settings = Settings(args.slo_ms, args.policy, args.max_batch_size, args.max_queue, args.max_body_bytes,
                         args.profile_repeats, args.max_pixels, args.decode_threads,
-                        served_model_name=args.served_model_name)
+                        served_model_name=args.served_model_name, profile_cache=args.profile_cache,
+                        use_profile_cache=args.use_profile_cache)
     limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive_timeout, args.max_header_bytes,
                     args.max_headers, args.max_connections, args.drain_timeout)
     if args.compile and args.onnxruntime:
@@ -310,7 +311,8 @@ def _serve(args: argparse.Namespace) -> None:
     logging.basicConfig(format='scalavit serve: %(message)s', level=logging.INFO)
     print(f"scalavit serve: {args.checkpoint} on http://{args.host}:{args.port}, policy {service.policy.name}, "
           f"SLO {args.slo_ms:g} ms, {torch.get_num_threads()} threads, {backend}; profiling {len(runner.widths)} "
-          f"widths x {len(settings.batch_sizes)} batch sizes (ready when /health/ready answers 200)", flush=True)
+          f"widths x {len(settings.batch_sizes)} batch sizes, or checking the cached profile (ready when "
+          f"/health/ready answers 200)", flush=True)
     if cascade:
         print(f"scalavit serve: {cascade.name} (thresholds {', '.join(f'{t:.4f}' for t in cascade.thresholds)}, "
               f"top-1 {cascade.accuracy:.2f}%, {cascade.reach[1]:.1%} of requests going on to width "
@@ -444,7 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help='on SIGTERM: seconds for the requests in flight, then as many for the queue')
     serve.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     serve.add_argument('--threads', type=int, help='torch threads for the forward (default: torch\'s)')
-    serve.add_argument('--profile-repeats', type=int, default=30, help='timed calls per (width, batch size)')
+    serve.add_argument('--profile-repeats', type=int, default=10,
+                       help='timed calls per (width, batch size) when no cached profile fits (default 10)')
+    serve.add_argument('--profile-cache', default='', metavar='DIR',
+                       help='cached profiles, one per machine, weights, backend and threads '
+                            '(default ~/.cache/scalavit/profiles); a restart reuses it after a check')
+    serve.add_argument('--no-profile-cache', dest='use_profile_cache', action='store_false',
+                       help='measure the profile at every start and cache nothing')
     serve.add_argument('--data', help="evaluation data when no `scalavit eval` report is beside the checkpoint")
     serve.add_argument('--model', help="architecture of an authors' checkpoint when its shapes do not tell it")
     _add_compile_options(serve, serving=True)

@@ -118,7 +118,8 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
 
     @app.get('/metrics')
     async def metrics():
-        return Response(service.metrics.exposition(len(service.batcher or ()), service.in_progress),
+        return Response(service.metrics.exposition(len(service.batcher or ()), service.in_progress,
+                                                   service.batcher.slowdown() if service.batcher else 1.0),
                         media_type=service.metrics.content_type)
 
     @app.get('/stats')

@@ -56,17 +56,20 @@ class ArrivalRate:
             if rate >= self._faded(now):
                 self._saturated, self._saturated_at = rate, now
 
-    def __call__(self, now: float) -> float:
-        rate = self.current(now)
+    def __call__(self, now: float, horizon_s: Optional[float] = None) -> float:
+        """``horizon_s``: the SLO planned for; a surge shorter than a quarter of it is no rate to keep up with (a
+        burst of twenty with seconds to spare is answered in time by any width)."""
+        rate = self.current(now, horizon_s)
         with self._lock:
             return max(rate, self._faded(now))
 
-    def current(self, now: float) -> float:
+    def current(self, now: float, horizon_s: Optional[float] = None) -> float:
         """The offered rate now, without the memory of saturation."""
+        windows = [w for w in self.surge_windows if horizon_s is None or w >= horizon_s / 4]
         with self._lock:
             self._forget(now)
             count = len(self._arrivals)
-            recent = {w: count - bisect.bisect_left(self._arrivals, now - w) for w in self.surge_windows}
+            recent = {w: count - bisect.bisect_left(self._arrivals, now - w) for w in windows}
         rate = count / self.window_s
         for window, arrived in recent.items():
             expected = rate * window

@@ -33,6 +33,10 @@ class Metrics:
         self.queue_length = Gauge('scalavit_queue_length', 'Requests waiting for the model', registry=r)
         self.in_progress = Gauge('scalavit_requests_in_progress', 'Inference requests being read, decoded, queued '
                                  'or computed', registry=r)
+        self.speed = Gauge('scalavit_speed_factor', 'How many times their profiled median the forwards take now, '
+                           'machine-wide (above 1: slower than profiled)', registry=r)
+        self.forward_ratio = Histogram('scalavit_forward_vs_profile', "Each forward's time over its profiled median",
+                                       buckets=(0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2, 3, 5), registry=r)
         self.live = LiveStats()
 
     def responded(self, status: int) -> None:
@@ -42,9 +46,11 @@ class Metrics:
     def decoded(self, seconds: float) -> None:
         self.decode_time.observe(seconds)
 
-    def on_batch(self, batch, compute_s: float) -> None:
+    def on_batch(self, batch, compute_s: float, speed: float) -> None:
+        """``speed``: the forward's time over its profiled median."""
         self.batch_size.observe(len(batch.requests))
-        self.live.batch(len(batch.requests))
+        self.forward_ratio.observe(speed)
+        self.live.batch(len(batch.requests), speed)
 
     def answered(self, latency_s: float, queue_s: float, width: float, missed: bool, stage=None) -> None:
         """``stage``: the cascade stage that answered (0 the first), or None."""
@@ -62,7 +68,8 @@ class Metrics:
         self.slo_misses.inc()
         self.live.refused()
 
-    def exposition(self, queue_length: int, in_progress: int) -> bytes:
+    def exposition(self, queue_length: int, in_progress: int, speed: float) -> bytes:
         self.queue_length.set(queue_length)
         self.in_progress.set(in_progress)
+        self.speed.set(speed)
         return generate_latest(self.registry)

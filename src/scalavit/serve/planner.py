@@ -20,10 +20,11 @@ class Planner:
         """The next batch, taken off ``queue``; the requests found unanswerable on the way are moved to ``dropped``.
         None once the queue holds nothing that can still be answered."""
         queue.drop_cancelled()
-        factor, reserve_s, rate = self.speed.factor(), self.reserve_s(), self.arrivals(now)
+        factor, reserve_s = self.speed.factor(), self.reserve_s()
         while queue:
             head = queue.head
             waiting = queue.like_head()
+            rate = self.arrivals(now, head.deadline - head.arrival)
             # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
             # only when nothing fits in that half may the batch use all the slack left.
             slack = head.deadline - now

@@ -4,6 +4,7 @@ Pure decisions on numbers: no torch, no HTTP, no clock. Times are in seconds. A 
 earliest deadline in the queue (its deadline minus now) and how many requests wait, and answers with a ``Choice``,
 or None when no (width, batch size) of the profile can finish before that deadline.
 """
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Optional, Protocol, Union
@@ -80,9 +81,21 @@ class Profile:
     def most_accurate(self) -> float:
         return max(self.widths, key=lambda w: (self.accuracy[w], -self.latency[(w, 1)]))
 
+    def check_cells(self, repeats: int = 3) -> list[tuple[float, int]]:
+        """The forwards that check a profile against the machine as it is now, before serving: the cheapest and the
+        most accurate width at batch 1, and the cheapest at its largest batch, ``repeats`` times each."""
+        cells = [(self.cheapest, 1), (self.most_accurate, 1), (self.cheapest, self.max_batch_size)]
+        return [cell for cell in cells for _ in range(repeats)]
+
     def cell(self, width: float, count: float) -> tuple[float, int]:
         """The profiled (width, batch size) that answers ``count`` requests: the smallest batch that holds them."""
-        return width, next((b for b in self.batch_sizes if b >= count), self.max_batch_size)
+        holding = self._holding
+        return width, holding[min(math.ceil(count), len(holding) - 1)]
+
+    @cached_property
+    def _holding(self) -> list[int]:
+        """For each count of requests up to the largest batch, the smallest profiled batch that holds them."""
+        return [next(b for b in self.batch_sizes if b >= count) for count in range(self.max_batch_size + 1)]
 
     def p95(self, width: float, count: float) -> float:
         """The p95 latency of ``count`` requests at ``width``: that of the smallest profiled batch that holds them.

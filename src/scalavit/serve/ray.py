@@ -95,8 +95,8 @@ class RayMetrics(Metrics):
         super().decoded(seconds)
         self.ray_decode.observe(seconds)
 
-    def on_batch(self, batch, compute_s: float) -> None:
-        super().on_batch(batch, compute_s)
+    def on_batch(self, batch, compute_s: float, speed: float) -> None:
+        super().on_batch(batch, compute_s, speed)
         self.ray_batch.observe(len(batch.requests))
 
     def answered(self, latency_s: float, queue_s: float, width: float, missed: bool, stage=None) -> None:

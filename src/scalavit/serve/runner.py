@@ -1,6 +1,7 @@
 """The one shared model on its device: images decoded and preprocessed as the model expects, a batch answered at any
 width of the grid (the width is the forward's argument: no module state changes, no copies), and the latency
 profile of every (width, batch size) measured here."""
+import functools
 import importlib.util
 import tempfile
 from dataclasses import dataclass
@@ -118,21 +119,29 @@ class Runner:
         """Multiply-accumulates for one image at every width."""
         return {w: count_macs(self.model, w, self.input_size) for w in self.widths}
 
-    def measure_latency(self, batch_sizes: list[int], repeats: int) -> dict[tuple[float, int], float]:
-        """p95 seconds of a forward at every (width, batch size), after warm-up, CUDA synchronised."""
-        latency = {}
+    def measure_latency(self, batch_sizes: list[int], repeats: int
+                        ) -> tuple[dict[tuple[float, int], float], dict[tuple[float, int], float]]:
+        """The p95 and the median seconds of a forward at every (width, batch size), after warm-up, CUDA
+        synchronised."""
+        p95, median = {}, {}
         for width in self.widths:
             for batch in batch_sizes:
                 x = torch.randn(batch, *self.input_size, device=self.device)
                 with torch.inference_mode():
-                    times = time_call(lambda: self.forward(x, width), repeats, warmup=3)
-                latency[(width, batch)] = float(np.percentile(times, 95))
-        return latency
+                    times = time_call(lambda: self.forward(x, width), repeats, warmup=2)
+                p95[(width, batch)] = float(np.percentile(times, 95))
+                median[(width, batch)] = float(np.median(times))
+        return p95, median
+
+    @functools.cached_property
+    def weights(self) -> str:
+        """SHA-256 of the served weights."""
+        return weights_digest(self.model.state_dict())
 
     def accuracies(self, data: Optional[str]) -> dict[float, float]:
         """Top-1 of every width from ``scalavit eval``'s report beside the checkpoint (evaluated now if missing)."""
         report = saved_report(self.checkpoint, data, str(self.device), self.model_name,
-                              weights=weights_digest(self.model.state_dict()))
+                              weights=self.weights)
         accuracy = {row['width']: row['top1'] for row in report['rows']}
         missing = [w for w in self.widths if w not in accuracy]
         if missing:
@@ -149,7 +158,7 @@ class Runner:
 
         widths = cascade_widths(self.model.grid, widths)
         result = saved_cascade(self.checkpoint, widths, data, str(self.device), within_points, calibration,
-                               self.confidence_name, self.model_name, weights_digest(self.model.state_dict()))
+                               self.confidence_name, self.model_name, self.weights)
         chosen = result['evaluation']['chosen']
         reach = [1.0 - sum(chosen['answered'][:stage]) for stage in range(len(result['widths']))]
         return CascadePlan(tuple(result['widths']), tuple(chosen['thresholds']),

@@ -14,6 +14,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from PIL import Image
@@ -22,6 +23,7 @@ from ..images import BadImage, ImageTooLarge, UnsupportedImage
 from .batcher import Answer, Batcher, BatchFailed, Missed, Refused, retry_after_header
 from .metrics import Metrics
 from .policy import CascadePlan, Profile, SlackFit, parse_policy
+from .profiling import ProfileCache, check_forwards, default_cache, identity
 
 log = logging.getLogger('scalavit.serve')
 
@@ -35,11 +37,13 @@ class Settings:
     max_batch_size: int = 32
     max_queue: int = 256
     max_body_bytes: int = 10 * 2 ** 20
-    profile_repeats: int = 30
+    profile_repeats: int = 10
     max_pixels: int = 25_000_000
     decode_threads: int = 0  # 0: one per core this process may use
     stall_s: float = 10.0  # the model thread not seen for this long (beyond its slowest forward) is not ready
     served_model_name: str = 'scalavit'  # the model's name in the Open Inference Protocol
+    profile_cache: str = ''  # the folder of cached profiles ('': profiling.default_cache())
+    use_profile_cache: bool = True  # False: measure at every start, cache nothing
 
     def __post_init__(self):
         for name in ('slo_ms', 'max_batch_size', 'max_queue', 'max_body_bytes', 'profile_repeats', 'max_pixels',
@@ -139,19 +143,39 @@ class Service:
         try:
             start = time.perf_counter()
             self.runner.prepare()
-            # Counted before the model thread starts: the flop counter hooks every module of the process while it runs.
-            self.macs = self.runner.macs()
-            self.profile = Profile(self.runner.measure_latency(self.settings.batch_sizes,
-                                                               self.settings.profile_repeats), self.accuracy,
-                                   self.cascade)
-            self.batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
-                                   on_batch=self.metrics.on_batch).start()
-            log.info("ready: %d widths (%s) x %d batch sizes prepared and profiled in %.1f s",
-                     len(self.profile.widths), self.runner.backend, len(self.profile.batch_sizes),
-                     time.perf_counter() - start)
+            latency, median, source = self._measured_profile()
+            self.profile = Profile(latency, self.accuracy, self.cascade, median)
+            batcher = Batcher(self.runner.run, self.profile, self.policy, self.settings.max_queue,
+                              on_batch=self._on_batch)
+            checked = check_forwards(self.runner, self.profile)
+            for width, batch, seconds in checked:  # the machine as it is now, before the first request
+                batcher.speed.observe(width, batch, seconds)
+            self.batcher = batcher.start()
+            log.info("ready in %.1f s: %d widths (%s) x %d batch sizes %s; this machine runs at %.2fx that profile "
+                     "now", time.perf_counter() - start, len(self.profile.widths), self.runner.backend,
+                     len(self.profile.batch_sizes), source, batcher.slowdown())
         except Exception as error:  # reported by /health/ready; the process stays up to say why
             self.error = f"{type(error).__name__}: {error}"
             log.error("not ready: %s", self.error)
+
+    def _measured_profile(self) -> tuple[dict, dict, str]:
+        """The latency profile's p95 and median of every (width, batch size), and where they come from: this
+        machine's cache, or measured now (and cached). The MACs too (counted before the model thread starts: the
+        flop counter hooks every module of the process while it runs)."""
+        folder = Path(self.settings.profile_cache) if self.settings.profile_cache else default_cache()
+        cache = ProfileCache(folder if self.settings.use_profile_cache else None)
+        key = identity(self.runner, self.settings.batch_sizes)
+        cached = cache.load(key)
+        if cached is not None:
+            self.macs = cached['macs']
+            return cached['latency'], cached['median'], f"from the cache ({cache.path(key)}, {cached['measured']})"
+        self.macs = self.runner.macs()
+        latency, median = self.runner.measure_latency(self.settings.batch_sizes, self.settings.profile_repeats)
+        cache.save(key, latency, median, self.macs)
+        return latency, median, f"profiled ({self.settings.profile_repeats} calls each)"
+
+    def _on_batch(self, batch, compute_s: float) -> None:
+        self.metrics.on_batch(batch, compute_s, compute_s / self.profile.typical(batch.width, len(batch.requests)))
 
     @property
     def stall_s(self) -> float:
@@ -269,15 +293,25 @@ class Service:
                                "ready (see /health/ready)", 1.0) from None
 
     def widths_json(self) -> dict:
-        profile = self.batcher.profile  # with the cascade's escalation as observed so far
+        """The profile as measured (``p95_ms``, ``median_ms``), each (width, batch size) as it ran lately
+        (``observed_ms``, null where it has not run), and the p95 the controller plans with now (``planned_ms``:
+        the profile corrected by what it observed, times the machine's ``speed``)."""
+        planned = self.batcher.profile  # with the cascade's escalation as observed so far
+        measured, speed = self.profile, self.batcher.slowdown()
+        observed = self.batcher.speed.observed()
+
+        def ms(seconds):
+            return None if seconds is None else round(1e3 * seconds, 4)
         return dict(
             policy=self.policy.name, backend=self.runner.backend, slo_ms=self.settings.slo_ms,
-            widths=list(self.runner.widths),
-            batch_sizes=profile.batch_sizes,
-            profile=[dict(width=w, top1=profile.accuracy[w],
-                          p95_ms={str(b): round(1e3 * profile.latency[(w, b)], 4) for b in profile.batch_sizes})
-                     for w in profile.widths],
-            cascade=None if profile.cascade is None else self.cascade_json(profile))
+            widths=list(self.runner.widths), batch_sizes=measured.batch_sizes, speed=round(speed, 4),
+            profile=[dict(width=w, top1=measured.accuracy[w],
+                          p95_ms={str(b): ms(measured.latency[(w, b)]) for b in measured.batch_sizes},
+                          median_ms={str(b): ms(measured.typical(w, b)) for b in measured.batch_sizes},
+                          observed_ms={str(b): ms(observed.get((w, b))) for b in measured.batch_sizes},
+                          planned_ms={str(b): ms(speed * planned.latency[(w, b)]) for b in measured.batch_sizes})
+                     for w in measured.widths],
+            cascade=None if planned.cascade is None else self.cascade_json(planned))
 
     def cascade_json(self, profile: Profile) -> dict:
         plan = profile.cascade

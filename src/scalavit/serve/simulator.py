@@ -72,7 +72,7 @@ def simulate(profile: Profile, policy: Policy, trace: Trace, slowdown: Slowdown,
     clock = SimulatedClock()
     machine = Machine(profile, slowdown, seed + 1, trace.seconds + 10 * slo_s, noise)
     batcher = Batcher(None, profile, policy, max_queue, clock=clock, confidence=lambda output: 1.0)
-    for width, count in check_forwards(profile):  # as the server checks its profile before it is ready
+    for width, count in profile.check_cells():  # as the server checks its profile before it is ready
         batcher.speed.observe(width, count, machine.forward(width, count, 0.0))
     outcomes = [Outcome(float(t), phase, 'refused') for t, phase in zip(times, phases)]
     futures: dict[int, object] = {}
@@ -90,7 +90,7 @@ def simulate(profile: Profile, policy: Policy, trace: Trace, slowdown: Slowdown,
         if running is not None and running[0] <= arrival:
             clock.now, (end, batch, start) = running[0], running
             batcher.finish(batch, [None] * len(batch.requests), start, end)
-            for _ in batch.requests:
+            for _ in batch.requests if overhead_s else ():
                 batcher.note_overhead(overhead_s)
             running = None
             continue
@@ -111,13 +111,6 @@ def simulate(profile: Profile, policy: Policy, trace: Trace, slowdown: Slowdown,
         outcome.width, outcome.latency_s = answer.width, answer.queue_s + answer.compute_s + overhead_s
         outcome.status = 'in time' if outcome.latency_s <= slo_s else 'late'
     return outcomes
-
-
-def check_forwards(profile: Profile, repeats: int = 3) -> list[tuple[float, int]]:
-    """The forwards a server runs before it is ready, to check its profile against the machine as it is now: the
-    cheapest and the most accurate width at batch 1, and the cheapest at its largest batch."""
-    cells = [(profile.cheapest, 1), (profile.most_accurate, 1), (profile.cheapest, profile.max_batch_size)]
-    return [cell for cell in cells for _ in range(repeats)]
 
 
 def could_have_answered(profile: Profile, factor: float, busy_s: float, ahead: int, slo_s: float) -> bool:

@@ -20,6 +20,7 @@ class Second:
     latencies_ms: list = field(default_factory=list)
     widths: Counter = field(default_factory=Counter)
     batch_sizes: Counter = field(default_factory=Counter)
+    speeds: list = field(default_factory=list)  # each forward's time over its profiled median
 
     def summary(self, ago: int) -> dict:
         latencies = np.asarray(self.latencies_ms)
@@ -28,6 +29,7 @@ class Second:
         return dict(ago_s=ago, offered=self.offered, answered=self.answered, refused=self.refused,
                     missed=self.missed, p50_ms=percentile(50), p95_ms=percentile(95), p99_ms=percentile(99),
                     mean_width=round(widths / sum(self.widths.values()), 4) if self.widths else None,
+                    speed=round(float(np.exp(np.mean(np.log(self.speeds)))), 3) if self.speeds else None,
                     widths={f'{w:g}': n for w, n in sorted(self.widths.items())},
                     batch_sizes={str(b): n for b, n in sorted(self.batch_sizes.items())})
 
@@ -65,9 +67,11 @@ class LiveStats:
         with self.lock:
             self._now().refused += 1
 
-    def batch(self, size: int) -> None:
+    def batch(self, size: int, speed: float) -> None:
         with self.lock:
-            self._now().batch_sizes[size] += 1
+            now = self._now()
+            now.batch_sizes[size] += 1
+            now.speeds.append(speed)
 
     def snapshot(self, last_s: int) -> list[dict]:
         """The last ``last_s`` seconds, oldest first, the current (unfinished) second last."""
