@@ -194,7 +194,7 @@ def test_a_failing_forward_answers_500_and_the_next_request_is_served(trained, l
     from fastapi.testclient import TestClient
 
     runner = Runner(str(trained / 'scala'))
-    service = Service(runner, Settings(profile_repeats=2, max_batch_size=2), runner.accuracies(None))
+    service = Service(runner, Settings(profile_repeats=2, max_batch_size=2, use_profile_cache=False), runner.accuracies(None))
     real_run = runner.run
     with TestClient(create_app(service)) as client:
         while client.get('/health/ready').status_code != 200:
@@ -212,7 +212,7 @@ def test_a_stuck_model_thread_makes_the_server_unready_and_requests_end_by_their
     from fastapi.testclient import TestClient
 
     runner = Runner(str(trained / 'scala'))
-    service = Service(runner, Settings(profile_repeats=2, max_batch_size=2, stall_s=0.5), runner.accuracies(None))
+    service = Service(runner, Settings(profile_repeats=2, max_batch_size=2, stall_s=0.5, use_profile_cache=False), runner.accuracies(None))
     release = threading.Event()
     with TestClient(create_app(service)) as client:
         while client.get('/health/ready').status_code != 200:
