@@ -50,9 +50,10 @@ from PIL import Image
 from scalavit.data import read_fashion_mnist
 from scalavit.evaluate import cpu_name
 from scalavit.files import write_atomically, write_text_atomically
+from scalavit.serve.policy import Fixed, Profile, SlackFit
+from scalavit.serve.simulator import fluid_bound, simulate, summarise as simulated
+from scalavit.serve.traces import Phase, Slowdown, Trace, flash_crowd, project_load
 
-PHASES = (('low', 0.5, 'poisson'), ('high', 4.0, 'poisson'), ('low again', 0.5, 'poisson'), ('bursty', 1.0, 'gamma'))
-BURSTY_CV2 = 4.0
 LATE_SEND_MS = 5.0  # a client that sends its p99 request later than this behind schedule has fallen behind
 BACKEND_OPTIONS = {'eager': [], 'compiled': ['--compile'], 'onnxruntime': ['--onnxruntime']}
 
@@ -76,24 +77,34 @@ def deployment_options(deployment: str) -> list[str]:
 # The schedule and the images
 
 
-def schedule(rate_of_full_width: float, seconds: float, seed: int) -> tuple[np.ndarray, list[str]]:
-    """Send times (seconds from the start) and the phase of each request."""
-    rng = np.random.default_rng(seed)
-    times, phases, start = [], [], 0.0
-    for name, factor, kind in PHASES:
-        rate = factor * rate_of_full_width
-        count = int(rate * seconds * 1.5) + 10
-        if kind == 'poisson':
-            gaps = rng.exponential(1 / rate, count)
-        else:  # gamma with shape 1/CV^2 and the same mean: bursts and lulls
-            shape = 1 / BURSTY_CV2
-            gaps = rng.gamma(shape, 1 / (rate * shape), count)
-        arrivals = start + np.cumsum(gaps)
-        arrivals = arrivals[arrivals < start + seconds]
-        times.extend(arrivals)
-        phases.extend([name] * len(arrivals))
-        start += seconds
-    return np.array(times), phases
+def build_trace(name: str, full: float, seconds: float, flash_peak: float) -> Trace:
+    """``load``: 0.5x, 4x and 0.5x the full width's capacity, then gamma bursts at 1x; ``flash``: quiet (0.3x), then
+    within a fifth of a second ``flash_peak`` times it (about the smallest width's ceiling on this machine, server and
+    client together), held for 1.5 phases, then quiet again."""
+    if name == 'load':
+        return project_load(full, None, seconds)
+    if name == 'flash':
+        return flash_crowd(full, flash_peak * full, peak=1.0, seconds=seconds)
+    raise ValueError(f"--trace {name!r}: load or flash")
+
+
+def phase_spans(trace: Trace) -> dict[str, tuple[float, float]]:
+    """Each phase name's first start and last end, in seconds from the start."""
+    spans, start = {}, 0.0
+    for phase in trace.phases:
+        first = spans.get(phase.name, (start, start))[0]
+        spans[phase.name] = (first, start + phase.seconds)
+        start += phase.seconds
+    return spans
+
+
+def interfere(trace: Trace, phase: str, cores: int) -> list[subprocess.Popen]:
+    """A co-located job: ``cores`` processes that each burn a core through ``phase`` (started now, with the
+    schedule), as another tenant's job on the machine would."""
+    begin, end = phase_spans(trace)[phase]
+    burn = (f"import time; time.sleep({begin}); end = time.monotonic() + {end - begin}\n"
+            "while time.monotonic() < end: pass")
+    return [subprocess.Popen([sys.executable, '-c', burn]) for _ in range(cores)]
 
 
 def test_images(count: int) -> tuple[list[bytes], list[str]]:
@@ -265,7 +276,7 @@ def photograph_live_page(url: str, at_s: float, output: Path, image: bytes) -> t
 # Figures
 
 
-def summarise(outcomes: list[Outcome], phases: list[str], slo_s: float, seconds: float) -> dict:
+def summarise(outcomes: list[Outcome], phases: list[str], slo_s: float, trace: Trace) -> dict:
     def figures(selected: list[Outcome], duration: float) -> dict:
         answered = [o for o in selected if o.status == 200]
         latencies = sorted(1e3 * (o.done - o.scheduled) for o in answered)
@@ -284,9 +295,9 @@ def summarise(outcomes: list[Outcome], phases: list[str], slo_s: float, seconds:
             cascaded=round(sum(o.stage > 0 for o in answered) / len(answered), 4) if answered else None,
             escalated=round(sum(o.stage > 1 for o in answered) / len(answered), 4) if answered else None)
 
-    result = figures(outcomes, seconds * len(PHASES))
-    result['phases'] = {name: figures([o for o, p in zip(outcomes, phases) if p == name], seconds)
-                        for name, _, _ in PHASES}
+    result = figures(outcomes, trace.seconds)
+    result['phases'] = {name: figures([o for o, p in zip(outcomes, phases) if p == name], end - begin)
+                        for name, (begin, end) in phase_spans(trace).items()}
     lateness = [1e3 * (o.sent - o.scheduled) for o in outcomes]
     result['client_late_p99_ms'] = round(float(np.percentile(lateness, 99)), 2)
     result['client_fell_behind'] = result['client_late_p99_ms'] > LATE_SEND_MS
@@ -306,7 +317,7 @@ def timeline(outcomes: list[Outcome], seconds_total: float, slo_s: float) -> dic
     return rows
 
 
-def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, output: Path) -> list[str]:
+def plot(results: dict, timelines: dict, slo_ms: float, trace: Trace, output: Path) -> list[str]:
     """Two figures beside ``output``, named after it (docs/serving.md: serving_timeline.png, ...)."""
     import matplotlib
     matplotlib.use('Agg')
@@ -326,8 +337,8 @@ def plot(results: dict, timelines: dict, slo_ms: float, seconds: float, output: 
     axes[2].set_yscale('log')
     axes[2].set_xlabel('seconds')
     for ax in axes:
-        for i in range(1, len(PHASES)):
-            ax.axvline(i * seconds, color='grey', linewidth=0.5)
+        for begin, _ in list(phase_spans(trace).values())[1:]:
+            ax.axvline(begin, color='grey', linewidth=0.5)
     axes[1].legend(fontsize=8)
     figure.tight_layout()
     files = [f'{output.stem}_timeline.png', f'{output.stem}_attainment_accuracy.png']
@@ -364,7 +375,8 @@ def ceiling(args, images, labels) -> None:
         for rate in args.rates:
             times = np.cumsum(np.random.default_rng(0).exponential(1 / rate, int(rate * args.seconds)))
             outcomes = asyncio.run(drive(server.url, times, images, labels, timeout_s=10))
-            s = summarise(outcomes, ['low'] * len(outcomes), args.slo_ms / 1e3, args.seconds / len(PHASES))
+            constant = Trace('constant', (Phase('low', args.seconds, rate),))
+            s = summarise(outcomes, ['low'] * len(outcomes), args.slo_ms / 1e3, constant)
             answered = s['answered'] / max(o.done for o in outcomes)
             lines.append(f"{rate:>10.0f} {answered:>11.0f} {s['attainment']:>11.3f} {s['p99_ms'] or 0:>8.1f} "
                          f"{s['client_late_p99_ms']:>19.1f}")
@@ -393,6 +405,10 @@ def contenders(policies: list[str], backends: list[str],
 
 
 def run_study(args, images, labels) -> None:
+    names = phase_spans(build_trace(args.trace, 1.0, args.seconds, args.flash_peak))
+    if args.interference and args.interference not in names:
+        raise SystemExit(f"--interference {args.interference!r}: not a phase of --trace {args.trace} "
+                         f"({', '.join(names)})")
     probe = Server(args.checkpoint, 'slackfit', args.slo_ms, args.server_options + BACKEND_OPTIONS[args.backends[0]])
     profiled, smallest = probe.capacity(1.0), min(r['width'] for r in probe.profile['profile'])
     batched = probe.capacity(1.0, batched=True)
@@ -402,10 +418,12 @@ def run_study(args, images, labels) -> None:
                                  ['slackfit', 'maxacc', 'fixed:1', f'fixed:{smallest:g}'])
     runs = contenders(policies, args.backends, args.deployments)
     names = list(runs)
-    times, phases = schedule(capacity, args.seconds, args.seed)
+    trace = build_trace(args.trace, capacity, args.seconds, args.flash_peak)
+    times, phases = trace.arrivals(args.seed)
     print(f"full width capacity {capacity:.0f} req/s one at a time ({'--full-rate; ' if args.full_rate else ''}"
-          f"profile {profiled:.0f}, {batched:.0f} batched); {len(times)} requests over "
-          f"{args.seconds * len(PHASES):.0f} s; runs {', '.join(names)}; {args.repeats} repeat(s)", flush=True)
+          f"profile {profiled:.0f}, {batched:.0f} batched); {len(times)} requests over {trace.seconds:.0f} s "
+          f"({args.trace}{', a co-located job in ' + args.interference if args.interference else ''}); runs "
+          f"{', '.join(names)}; {args.repeats} repeat(s)", flush=True)
     results, timelines = {name: [] for name in names}, {}
     started = time.time()
     for repeat in range(args.repeats):
@@ -413,41 +431,69 @@ def run_study(args, images, labels) -> None:
             policy, backend, deployment = runs[name]
             server = Server(args.checkpoint, policy, args.slo_ms, args.server_options + BACKEND_OPTIONS[backend]
                             + deployment_options(deployment))
+            jobs = []
             try:
                 cpu_before = server.cpu_seconds()
+                jobs = interfere(trace, args.interference, args.interference_cores) if args.interference else []
                 outcomes = asyncio.run(drive(server.url, times, images, labels, timeout_s=30))
                 cpu_used = server.cpu_seconds() - cpu_before
             finally:
+                for job in jobs:
+                    job.kill()
+                    job.wait()
                 server.stop()
-            summary = summarise(outcomes, phases, args.slo_ms / 1e3, args.seconds)
+            summary = summarise(outcomes, phases, args.slo_ms / 1e3, trace)
             summary['server_cpu_ms_per_request'] = round(1e3 * cpu_used / max(len(outcomes), 1), 2)
             results[name].append(summary)
-            timelines.setdefault(name, timeline(outcomes, args.seconds * len(PHASES), args.slo_ms / 1e3))
+            timelines.setdefault(name, timeline(outcomes, trace.seconds, args.slo_ms / 1e3))
             print(f"[{repeat + 1}/{args.repeats}] {name:>12}: attainment {summary['attainment']:.4f}, accuracy "
                   f"{summary['accuracy']}, mean width {summary['mean_width']}, p99 {summary['p99_ms']} ms, server "
                   f"CPU {summary['server_cpu_ms_per_request']} ms a request"
                   f"{'  (client fell behind)' if summary['client_fell_behind'] else ''}", flush=True)
     if args.screenshot:
-        screenshot(args, runs[names[0]], times, images, labels)
+        screenshot(args, runs[names[0]], trace, times, images, labels)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     raw = dict(capacity=capacity, profiled_capacity=profiled, batched_capacity=batched, policies=names,
                backends=args.backends, deployments=args.deployments, results=results, seconds=args.seconds,
-               slo_ms=args.slo_ms)
+               slo_ms=args.slo_ms, trace=args.trace, phases=list(dict.fromkeys(phases)),
+               interference=args.interference, simulated=simulate_beside(args, probe.profile, trace, names))
     data = args.output.parent / 'data'  # the measurements beside the pages, apart from them
     data.mkdir(exist_ok=True)
     write_text_atomically(data / f'{args.output.stem}.json', json.dumps(raw, indent=1) + '\n')
-    figures = plot(results, timelines, args.slo_ms, args.seconds, args.output)
+    figures = plot(results, timelines, args.slo_ms, trace, args.output)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
     print(f"wrote {args.output}")
 
 
-def screenshot(args, run: tuple[str, str, str], times: np.ndarray, images: list[bytes], labels: list[str]) -> None:
-    """The first run once more, unmeasured, with its live page photographed at the end of the 4x phase."""
+def simulate_beside(args, served: dict, trace: Trace, names: list[str]) -> dict:
+    """The same trace on the simulator, with the probe server's profile (its /widths) and accuracies, each plain
+    eager policy that ran (slackfit and fixed:R) with the co-located job as ``--sim-interference`` times slower
+    forwards through its phase; and the fluid bound on accuracy per offered request."""
+    latency = {(row['width'], int(b)): ms / 1e3 for row in served['profile'] for b, ms in row['p95_ms'].items()}
+    median = {(row['width'], int(b)): ms / 1e3 for row in served['profile'] for b, ms in row['median_ms'].items()}
+    profile = Profile(latency, {row['width']: row['top1'] for row in served['profile']}, median=median)
+    if args.interference:
+        begin, end = phase_spans(trace)[args.interference]
+        slowdown = Slowdown('co-located job', ((begin - 1e-3, 1.0), (begin, args.sim_interference),
+                                               (end, args.sim_interference), (end + 1e-3, 1.0)))
+    else:
+        slowdown = Slowdown('steady', ((0.0, 1.0),))
+    policies = {name: SlackFit() if name == 'slackfit' else Fixed(float(name.split(':')[1]))
+                for name in names if name == 'slackfit' or name.startswith('fixed:')}
+    results = {name: simulated(simulate(profile, policy, trace, slowdown, args.slo_ms / 1e3, args.seed),
+                               profile.accuracy) for name, policy in policies.items()}
+    return dict(results=results, bound=fluid_bound(profile, trace, slowdown, args.seed),
+                slowdown=args.sim_interference if args.interference else 1.0)
+
+
+def screenshot(args, run: tuple[str, str, str], trace: Trace, times: np.ndarray, images: list[bytes],
+               labels: list[str]) -> None:
+    """The first run once more, unmeasured, with its live page photographed at the end of the busiest phase."""
     policy, backend, deployment = run
     server = Server(args.checkpoint, policy, args.slo_ms, args.server_options + BACKEND_OPTIONS[backend]
                     + deployment_options(deployment))
     try:
-        seconds = min(float(times[-1]), 2 * args.seconds - 1)
+        seconds = min(float(times[-1]), max(phase_spans(trace).values(), key=lambda span: span[1] - span[0])[1] - 1)
         thread = photograph_live_page(server.url, seconds, args.screenshot, images[0])
         asyncio.run(drive(server.url, times[times < seconds + 1], images, labels, timeout_s=30))
         thread.join(timeout=60)
@@ -464,6 +510,45 @@ def spread(values: list) -> str:
     return f"{median:g}" if len(values) == 1 else f"{median:g} ({min(values):g}-{max(values):g})"
 
 
+def describe(args, raw: dict) -> str:
+    """The schedule in words."""
+    full = (f"the full width's capacity of {raw['capacity']:.0f} req/s one at a time "
+            f"({'set by --full-rate; ' if args.full_rate else ''}profiled at {raw['profiled_capacity']:.0f} at this "
+            f"start on {raw['backends'][0]}, {raw['batched_capacity']:.0f} batched)")
+    if raw['trace'] == 'flash':
+        text = (f"{3.5 * args.seconds + 0.2:.0f} s: quiet at 0.3x {full} for {args.seconds:g} s, then within 0.2 s a "
+                f"flash crowd at {args.flash_peak:g}x for {1.5 * args.seconds:g} s, then quiet again")
+    else:
+        text = (f"{4 * args.seconds:.0f} s (phases of {args.seconds:g} s: low 0.5x, high 4x, low 0.5x of {full}, then "
+                f"bursty at 1x with CV^2 = 4)")
+    if raw.get('interference'):
+        text += (f"; a co-located job ({args.interference_cores} process(es) burning a core each) through the "
+                 f"{raw['interference']} phase")
+    return text
+
+
+def simulated_beside(raw: dict) -> list[str]:
+    """The simulator's figures on the same trace, beside the real server's medians."""
+    sim = raw.get('simulated')
+    if not sim or not sim['results']:
+        return []
+    lines = ['', f"The same trace on the simulator (`scalavit.serve.simulator`, the probe server's profile and "
+             f"accuracy table, forwards {sim['slowdown']:g}x slower through the co-located job's phase), beside "
+             "the real server's medians. Accuracy there is the table's top-1 of the widths that answered; the fluid "
+             f"bound on accuracy per offered request is {sim['bound']['overall']:.2f} over the schedule "
+             f"({', '.join(f'{k} {v:.2f}' for k, v in sim['bound']['phases'].items())}).", '',
+             '| policy | attainment real / simulated | accuracy per offered request, simulated | gap to the bound | '
+             'by phase: attainment real / simulated |', '|---|---|---|---|---|']
+    for name, figures in sim['results'].items():
+        real = raw['results'][name]
+        per_offered = figures['overall']['accuracy_per_offered']
+        phases = '; '.join(f"{phase} {spread([r['phases'][phase]['attainment'] for r in real])} / "
+                           f"{figures['phases'][phase]['attainment']:.4f}" for phase in raw['phases'])
+        lines.append(f"| {name} | {spread([r['attainment'] for r in real])} / {figures['overall']['attainment']:.4f} "
+                     f"| {per_offered:.2f} | {sim['bound']['overall'] - per_offered:.2f} | {phases} |")
+    return lines
+
+
 def document(args, raw: dict, figures: list[str], elapsed: float, requests: int) -> str:
     policies, results = raw['policies'], raw['results']
     command = 'python benchmarks/serve_load.py ' + ' '.join(sys.argv[1:])
@@ -477,11 +562,7 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
         f'Command: `{command}`', '',
         f'Machine: {cpu_name()}, {os.cpu_count()} cores, Python {platform.python_version()}; server and client on '
         f'the same machine. Checkpoint `{args.checkpoint}`; SLO {args.slo_ms:g} ms; {requests} requests over '
-        f'{args.seconds * len(PHASES):.0f} s (phases of {args.seconds:g} s: low 0.5x, high 4x, low 0.5x of the full '
-        f"width's capacity of {raw['capacity']:.0f} req/s one at a time ({'set by --full-rate; ' if args.full_rate else ''}"
-        f"profiled at {raw['profiled_capacity']:.0f} at this start on {raw['backends'][0]}, "
-        f"{raw['batched_capacity']:.0f} batched), then bursty at 1x with CV^2 = {BURSTY_CV2:g}); "
-        f"server backend(s) {', '.join(raw['backends'])}, each profiling itself at its start; "
+        f"{describe(args, raw)}; server backend(s) {', '.join(raw['backends'])}; "
         f'{args.repeats} repeat(s), runs in rotated order; {elapsed / 60:.1f} min in all.', '',
         'Figures are the median over repeats with the range in brackets. Attainment counts every offered request '
         '(refusals, drops and timeouts are misses); latencies are of answered requests, from the scheduled send '
@@ -497,15 +578,16 @@ def document(args, raw: dict, figures: list[str], elapsed: float, requests: int)
                      f"{spread([r['mean_width'] for r in rs])} | {spread([r['client_late_p99_ms'] for r in rs])} | "
                      f"{spread([r.get('server_cpu_ms_per_request') for r in rs])} |")
     lines += ['', 'By phase (attainment / accuracy % / mean width):', '',
-              '| policy | ' + ' | '.join(name for name, _, _ in PHASES) + ' |',
-              '|---|' + '---|' * len(PHASES)]
+              '| policy | ' + ' | '.join(raw['phases']) + ' |',
+              '|---|' + '---|' * len(raw['phases'])]
     for p in policies:
         cells = []
-        for name, _, _ in PHASES:
+        for name in raw['phases']:
             rs = [r['phases'][name] for r in results[p]]
             cells.append(f"{spread([r['attainment'] for r in rs])} / {spread([r['accuracy'] for r in rs])} / "
                          f"{spread([r['mean_width'] for r in rs])}")
         lines.append(f"| {p} | " + ' | '.join(cells) + ' |')
+    lines += simulated_beside(raw)
     lines += deployment_ratios(raw)
     lines += cascade_differences(raw)
     behind = [p for p in policies if any(r['client_fell_behind'] for r in results[p])]
@@ -525,8 +607,8 @@ def cascade_differences(raw: dict) -> list[str]:
     lines = ['', f'Cascades against {base} alone on the same schedule (difference per repeat; median, range). '
              'Accuracy in points; in brackets after each phase, the share of its answers the cascade ran, then the '
              'share escalated to a later stage:', '',
-             '| run | | whole schedule | ' + ' | '.join(name for name, _, _ in PHASES) + ' |',
-             '|---|---|---|' + '---|' * len(PHASES)]
+             '| run | | whole schedule | ' + ' | '.join(raw['phases']) + ' |',
+             '|---|---|---|' + '---|' * len(raw['phases'])]
     for other in others:
         pairs = list(zip(raw['results'][other], raw['results'][base]))
 
@@ -536,11 +618,11 @@ def cascade_differences(raw: dict) -> list[str]:
                            if pick(a)[key] is not None and pick(b)[key] is not None])
 
         shares = [f" ({spread([r['phases'][n]['cascaded'] for r in raw['results'][other]])}, "
-                  f"{spread([r['phases'][n]['escalated'] for r in raw['results'][other]])})" for n, _, _ in PHASES]
+                  f"{spread([r['phases'][n]['escalated'] for r in raw['results'][other]])})" for n in raw['phases']]
         lines.append(f"| {other} | accuracy | {difference('accuracy')} | "
-                     + ' | '.join(difference('accuracy', n) + share for (n, _, _), share in zip(PHASES, shares)) + ' |')
+                     + ' | '.join(difference('accuracy', n) + share for n, share in zip(raw['phases'], shares)) + ' |')
         lines.append(f"| | attainment | {difference('attainment')} | "
-                     + ' | '.join(difference('attainment', n) for n, _, _ in PHASES) + ' |')
+                     + ' | '.join(difference('attainment', n) for n in raw['phases']) + ' |')
     return lines
 
 
@@ -571,6 +653,18 @@ def main() -> None:
     parser.add_argument('--checkpoint', required=True, help='the scalavit run to serve')
     parser.add_argument('--slo-ms', type=float, default=100.0)
     parser.add_argument('--seconds', type=float, default=30.0, help='length of each phase')
+    parser.add_argument('--trace', choices=['load', 'flash'], default='load',
+                        help="load: 0.5x, 4x, 0.5x the full width's capacity, then gamma bursts at 1x; flash: from "
+                             "quiet (0.3x) to --flash-peak times it within a fifth of a second, then quiet")
+    parser.add_argument('--flash-peak', type=float, default=6.0,
+                        help="the flash crowd's rate, in multiples of the full width's capacity (6: about the "
+                             "smallest width's ceiling for the benchmark model here, client and server together)")
+    parser.add_argument('--interference', metavar='PHASE',
+                        help='a co-located job through this phase: processes that each burn a core')
+    parser.add_argument('--interference-cores', type=int, default=1)
+    parser.add_argument('--sim-interference', type=float, default=1.5,
+                        help='how much slower the simulator makes forwards through that phase (for the figures '
+                             'beside the real ones)')
     parser.add_argument('--full-rate', type=float, help="the full width's capacity the phases are multiples of, in "
                         "req/s (default: 1 / its profiled p95 at batch 1, which varies between starts)")
     parser.add_argument('--repeats', type=int, default=3)

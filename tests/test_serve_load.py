@@ -47,9 +47,10 @@ def test_a_cascade_run_is_slackfit_with_its_cascade_and_is_compared_with_slackfi
 
     def run(accuracy, attainment, cascaded=None, escalated=None):
         phase = dict(accuracy=accuracy, attainment=attainment, cascaded=cascaded, escalated=escalated)
-        return dict(phase, phases={name: phase for name, _, _ in benchmark.PHASES})
+        return dict(phase, phases={name: phase for name in phases})
+    phases = ['low', 'high', 'low again', 'bursty']
     cascade = 'slackfit+cascade:0.625,1'
-    raw = dict(policies=['slackfit', cascade],
+    raw = dict(policies=['slackfit', cascade], phases=phases,
                results={'slackfit': [run(60.0, 0.99, 0, 0), run(61.0, 1.0, 0, 0)],
                         cascade: [run(62.5, 0.995, 0.5, 0.1), run(61.5, 0.99, 0.3, 0.2)]})
     lines = benchmark.cascade_differences(raw)
@@ -81,3 +82,23 @@ def test_the_load_benchmark_runs_a_policy_on_two_backends_against_one_schedule_a
         assert within / run['offered'] == pytest.approx(run['attainment'], abs=1e-3)
     for figure in ('backends_timeline.png', 'backends_attainment_accuracy.png'):  # named after the page: another
         assert (tmp_path / figure).stat().st_size > 0 and f'({figure})' in page  # page's figures stay its own
+
+
+def test_a_flash_crowd_with_a_co_located_job_runs_against_the_server_and_the_simulator(trained, tmp_path):
+    output = tmp_path / 'flash.md'
+    result = subprocess.run([sys.executable, str(BENCHMARK), '--quick', '--checkpoint', str(trained / 'scala'),
+                             '--trace', 'flash', '--interference', 'flash', '--policies', 'slackfit', 'fixed:0.25',
+                             '--output', str(output)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    raw = json.loads((output.parent / 'data' / f'{output.stem}.json').read_text())
+    assert raw['phases'] == ['quiet', 'flash', 'after'] and raw['interference'] == 'flash'
+    for name in ('slackfit', 'fixed:0.25'):
+        real, simulated = raw['results'][name][0], raw['simulated']['results'][name]
+        assert real['offered'] == simulated['overall']['offered'] > 0  # the same schedule, served and simulated
+        assert set(real['phases']) == set(simulated['phases']) == {'quiet', 'flash', 'after'}
+    page = output.read_text()
+    assert 'co-located job' in page and 'The same trace on the simulator' in page and '| slackfit |' in page
+    bad = subprocess.run([sys.executable, str(BENCHMARK), '--quick', '--checkpoint', str(trained / 'scala'),
+                          '--trace', 'flash', '--interference', 'high', '--output', str(tmp_path / 'x.md')],
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0 and "--interference 'high': not a phase" in bad.stderr
