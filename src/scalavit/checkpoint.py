@@ -19,6 +19,7 @@ import timm
 import torch
 from safetensors.torch import load_file
 
+from .adapt import check_shapes
 from .files import write_atomically
 from .model import SlimmableVisionTransformer
 
@@ -128,23 +129,6 @@ def load_checkpoint(path: str) -> dict:
     if source.checkpoint is None:
         raise ValueError(f"{source.path} is not a scalavit training checkpoint (it holds only weights)")
     return source.checkpoint
-
-
-def check_shapes(state_dict: dict, model: torch.nn.Module, source: str, optional: tuple[str, ...] = ()) -> None:
-    """That ``state_dict`` fits ``model`` exactly, or an error naming the first parameter that does not. Parameters
-    whose names start with one of ``optional`` may be missing."""
-    own = model.state_dict()
-    for name, tensor in state_dict.items():
-        if name not in own:
-            raise ValueError(f"{source}: parameter {name} does not exist in {type(model).__name__}; "
-                             "the checkpoint is of another architecture")
-        if own[name].shape != tensor.shape:
-            raise ValueError(f"{source}: parameter {name} has shape {tuple(tensor.shape)}, the model expects "
-                             f"{tuple(own[name].shape)}; the checkpoint is of another architecture or width")
-    missing = [name for name in own if name not in state_dict and not name.startswith(optional or ('\0',))]
-    if missing:
-        raise ValueError(f"{source}: parameter {missing[0]} is missing ({len(missing)} in all); "
-                         "the checkpoint is of another architecture")
 
 
 def load_weights(model: torch.nn.Module, state_dict: dict, source: str) -> None:

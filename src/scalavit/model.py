@@ -16,6 +16,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import FeatureGetterNet, feature_take_indices
 from timm.models._manipulate import checkpoint
 
+from .adapt import pretrained_filter
 from .widths import Channels, WidthGrid, check_is_number, grid_index, scaled, select_channels
 
 
@@ -454,7 +455,6 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> SlimmableVision
 
 
 def _pretrained_filter(state: dict, model: SlimmableVisionTransformer) -> dict:
-    from .finetune import pretrained_filter  # finetune builds on this module
     return pretrained_filter(state, model)
 
 
