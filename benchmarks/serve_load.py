@@ -50,8 +50,8 @@ from PIL import Image
 from scalavit.data import read_fashion_mnist
 from scalavit.evaluate import cpu_name
 from scalavit.files import write_atomically, write_text_atomically
-from scalavit.serve.policy import Fixed, Profile, SlackFit
-from scalavit.serve.simulator import fluid_bound, simulate, summarise as simulated
+from scalavit.serve.policy import Fixed, SlackFit
+from scalavit.serve.simulator import fluid_bound, served_profile, simulate, summarise as simulated
 from scalavit.serve.traces import Phase, Slowdown, Trace, flash_crowd, project_load
 
 LATE_SEND_MS = 5.0  # a client that sends its p99 request later than this behind schedule has fallen behind
@@ -460,6 +460,7 @@ def run_study(args, images, labels) -> None:
     data = args.output.parent / 'data'  # the measurements beside the pages, apart from them
     data.mkdir(exist_ok=True)
     write_text_atomically(data / f'{args.output.stem}.json', json.dumps(raw, indent=1) + '\n')
+    write_text_atomically(data / f'{args.output.stem}_profile.json', json.dumps(probe.profile, indent=1) + '\n')
     figures = plot(results, timelines, args.slo_ms, trace, args.output)
     write_text_atomically(args.output, document(args, raw, figures, time.time() - started, len(times)))
     print(f"wrote {args.output}")
@@ -469,9 +470,7 @@ def simulate_beside(args, served: dict, trace: Trace, names: list[str]) -> dict:
     """The same trace on the simulator, with the probe server's profile (its /widths) and accuracies, each plain
     eager policy that ran (slackfit and fixed:R) with the co-located job as ``--sim-interference`` times slower
     forwards through its phase; and the fluid bound on accuracy per offered request."""
-    latency = {(row['width'], int(b)): ms / 1e3 for row in served['profile'] for b, ms in row['p95_ms'].items()}
-    median = {(row['width'], int(b)): ms / 1e3 for row in served['profile'] for b, ms in row['median_ms'].items()}
-    profile = Profile(latency, {row['width']: row['top1'] for row in served['profile']}, median=median)
+    profile = served_profile(served)
     if args.interference:
         begin, end = phase_spans(trace)[args.interference]
         slowdown = Slowdown('co-located job', ((begin - 1e-3, 1.0), (begin, args.sim_interference),

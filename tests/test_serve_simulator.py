@@ -126,3 +126,24 @@ def test_the_fluid_bound_is_the_best_mix_that_fits_each_second():
     assert PROFILE.accuracy[0.25] <= bound['phases']['heavy'] < PROFILE.accuracy[0.4375]
     served = compare(PROFILE, trace, machine('steady', 20.0), policies=[SlackFit()])['slackfit']
     assert served['overall']['accuracy_per_offered'] <= bound['overall'] + 0.05
+
+
+def test_the_simulated_benchmark_reads_a_servers_profile_and_writes_its_page(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    widths = dict(profile=[dict(width=w, top1=PROFILE.accuracy[w],
+                                p95_ms={str(b): 1e3 * PROFILE.latency[(w, b)] for b in BATCHES},
+                                median_ms={str(b): 1e3 * PROFILE.median[(w, b)] for b in BATCHES}) for w in WIDTHS])
+    (tmp_path / 'widths.json').write_text(json.dumps(widths))
+    script = Path(__file__).parents[1] / 'benchmarks' / 'serve_simulated.py'
+    result = subprocess.run([sys.executable, str(script), '--profile', str(tmp_path / 'widths.json'), '--traces',
+                             'flash', '--machines', 'colocated', '--output', str(tmp_path / 'page.md')],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    row = next(line for line in (tmp_path / 'page.md').read_text().splitlines() if line.startswith('| flash |'))
+    cells = [cell.strip() for cell in row.strip('|').split('|')]
+    assert cells[1] == 'colocated' and 0 < float(cells[2]) <= 1 and cells[3].startswith('fixed:0.25 ')
+    assert float(cells[8]) >= float(cells[7]) - 1.0  # the bound is above what was served (up to the carry-over)

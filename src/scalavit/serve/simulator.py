@@ -196,6 +196,14 @@ def _on_hull(hull: list[tuple[float, float]], budget_s: float) -> float:
     return float(np.interp(budget_s, [p[0] for p in hull], [p[1] for p in hull]))
 
 
+def served_profile(widths: dict) -> Profile:
+    """The profile a server planned with, from its ``/widths`` answer (p95 and median, each width's top-1)."""
+    rows = widths['profile']
+    return Profile({(r['width'], int(b)): ms / 1e3 for r in rows for b, ms in r['p95_ms'].items()},
+                   {r['width']: r['top1'] for r in rows},
+                   median={(r['width'], int(b)): ms / 1e3 for r in rows for b, ms in r['median_ms'].items()})
+
+
 def fixed_widths(profile: Profile) -> list[Policy]:
     return [Fixed(width) for width in profile.widths]
 
