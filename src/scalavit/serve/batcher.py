@@ -1,6 +1,6 @@
-"""The request queue and the model thread.
+"""Admission and the model thread.
 
-Requests wait in one queue ordered by deadline. Whenever the model is free, the policy picks a width and a batch
+Requests wait in one queue ordered by deadline (``queue.py``). Whenever the model is free, the policy picks a width and a batch
 size for the earliest deadlines and one forward answers them; a request whose deadline can no longer be met at any
 width is answered at once instead (``Missed``). New requests are refused when the queue is full or when even the
 cheapest width could not answer them in time (``Refused``), so the backlog never outgrows what can be served.
@@ -27,7 +27,7 @@ from .queue import Answer, Batch, Request, RequestQueue
 log = logging.getLogger('scalavit.serve')
 
 HEARTBEAT_S = 0.5  # an idle model thread still shows it is alive this often
-# Admission assumes the forwards a tenth faster than estimated: a refusal is final, while a request admitted in error
+# Admission takes the forwards as a fifth faster than estimated: a refusal is final, while a request admitted in error
 # is dropped before it costs a forward (the planner's early drop), so admission errs on the side of admitting.
 ADMISSION_OPTIMISM = 0.8
 
@@ -134,9 +134,6 @@ class Batcher:
         return could_finish_in_time(self.profile, (request.deadline - now - self.reserve_s()) / factor,
                                     self.queue.due_before(request.deadline), max(0.0, self.busy_until - now) / factor,
                                     request.width)
-
-    def arrival_rate(self, now: float) -> float:
-        return self.arrivals(now)
 
     def _drain_time(self, now: float) -> float:
         """Seconds until the queue would be empty at the cheapest width: when to try again."""
