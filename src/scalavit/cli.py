@@ -446,8 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='on SIGTERM: seconds for the requests in flight, then as many for the queue')
     serve.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     serve.add_argument('--threads', type=int, help='torch threads for the forward (default: torch\'s)')
-    serve.add_argument('--profile-repeats', type=int, default=10,
-                       help='timed calls per (width, batch size) when no cached profile fits (default 10)')
+    serve.add_argument('--profile-repeats', type=int, default=5,
+                       help='timed calls per (width, batch size) when no cached profile fits (default 5)')
     serve.add_argument('--profile-cache', default='', metavar='DIR',
                        help='cached profiles, one per machine, weights, backend and threads '
                             '(default ~/.cache/scalavit/profiles); a restart reuses it after a check')

@@ -128,7 +128,7 @@ class Runner:
             for batch in batch_sizes:
                 x = torch.randn(batch, *self.input_size, device=self.device)
                 with torch.inference_mode():
-                    times = time_call(lambda: self.forward(x, width), repeats, warmup=2)
+                    times = time_call(lambda: self.forward(x, width), repeats, warmup=1)
                 p95[(width, batch)] = float(np.percentile(times, 95))
                 median[(width, batch)] = float(np.median(times))
         return p95, median

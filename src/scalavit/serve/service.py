@@ -37,7 +37,7 @@ class Settings:
     max_batch_size: int = 32
     max_queue: int = 256
     max_body_bytes: int = 10 * 2 ** 20
-    profile_repeats: int = 10
+    profile_repeats: int = 5
     max_pixels: int = 25_000_000
     decode_threads: int = 0  # 0: one per core this process may use
     stall_s: float = 10.0  # the model thread not seen for this long (beyond its slowest forward) is not ready
