@@ -25,15 +25,15 @@ class Planner:
             head = queue.head
             waiting = queue.like_head()
             rate = self.arrivals(now, head.deadline - head.arrival)
-            # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
-            # only when nothing fits in that half may the batch use all the slack left.
             slack = head.deadline - now
             if self._holds_up_the_rest(profile, head, waiting, (slack - reserve_s) / factor, rate * factor):
                 dropped.append(queue.pop_head())
                 continue
+            # Nexus's bound: a batch takes at most half the SLO, so requests arriving meanwhile keep the other half;
+            # only when nothing fits in that half may the batch use all the slack left. Both in the profile's time:
+            # the forwards run ``factor`` times slower than profiled now.
             choice = None
             for seconds in (min(slack, (head.deadline - head.arrival) / 2), slack):
-                # in the profile's time: the forwards run ``factor`` times slower than profiled now
                 choice = self._choose(profile, head, waiting, (seconds - reserve_s) / factor, rate * factor)
                 if choice is not None:
                     break
