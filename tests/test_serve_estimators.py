@@ -24,8 +24,8 @@ class FakeClock:
         return self.now
 
 
-def hammer(note, seconds):
-    """Calls ``note`` from another thread for ``seconds``, as the event loop does for every answer."""
+def hammer(note):
+    """Calls ``note`` from another thread until stopped, as the event loop does for every answer."""
     stop = threading.Event()
 
     def loop():
@@ -49,7 +49,7 @@ def test_the_reserve_is_read_while_answers_note_theirs(fast_switching):
     peak = RecentPeak(time.monotonic, window_s=60)
     for _ in range(900):
         peak.note(0.001)
-    thread, stop = hammer(lambda: peak.note(0.001), 1.0)
+    thread, stop = hammer(lambda: peak.note(0.001))
     try:
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
@@ -64,7 +64,7 @@ def test_planning_under_noted_answers_never_fails_or_loses_a_request(fast_switch
     for _ in range(900):
         batcher.note_overhead(1e-4)
     futures = [batcher.submit(i, slo_s=30.0) for i in range(3000)]
-    thread, stop = hammer(lambda: batcher.note_overhead(1e-4), 1.0)
+    thread, stop = hammer(lambda: batcher.note_overhead(1e-4))
     try:
         while len(batcher):
             batch, dropped = batcher.take(time.monotonic())

@@ -6,8 +6,6 @@ throttling, a step speed-up, a replica with half the profiled cores).
 On every cell of the grid SlackFit must keep the SLO as well as the best fixed width (within 0.002, overall and in
 each phase), serve answers at least as accurate as the smallest width's, and refuse at admission only what the
 smallest width could not have answered in time."""
-import time
-
 import numpy as np
 import pytest
 
@@ -83,15 +81,14 @@ def test_a_request_is_refused_only_when_the_smallest_width_could_not_have_answer
         assert needless == []
 
 
-def test_the_simulator_is_deterministic_and_fast():
-    trace = Trace('long', (Phase('steady', 300.0, 1.5 * FULL),))
-    start = time.perf_counter()
+def test_the_simulator_is_deterministic_from_its_seed():
+    trace = Trace('long', (Phase('steady', 60.0, 1.5 * FULL),))
     first = simulate(PROFILE, SlackFit(), trace, machine('thermal', trace.seconds), seed=3)
-    elapsed = time.perf_counter() - start
-    assert len(first) > 20_000 and elapsed < 30, elapsed  # 24k requests: about 5 s on this 2-core machine
-    again = simulate(PROFILE, SlackFit(), trace.scaled(1.0), machine('thermal', trace.seconds), seed=3)
-    assert [(o.status, o.width, o.latency_s) for o in first[:2000]] == [(o.status, o.width, o.latency_s)
-                                                                          for o in again[:2000]]
+    again = simulate(PROFILE, SlackFit(), trace, machine('thermal', trace.seconds), seed=3)
+    other = simulate(PROFILE, SlackFit(), trace, machine('thermal', trace.seconds), seed=4)
+    key = [(o.arrival, o.status, o.width, o.latency_s) for o in first]
+    assert len(first) > 3000 and key == [(o.arrival, o.status, o.width, o.latency_s) for o in again]
+    assert key != [(o.arrival, o.status, o.width, o.latency_s) for o in other]
 
 
 def test_traces_offer_the_rates_they_say():
