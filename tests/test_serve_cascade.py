@@ -61,7 +61,7 @@ def run_recording(calls):
 
 
 class AlwaysTheCascade(SlackFit):
-    def choose(self, profile, slack, waiting, arrival_rate=0.0):
+    def choose(self, profile, slack, waiting, arrival_rate=0.0, at_ceiling=False):
         return Choice(0.25, min(waiting, 8), profile.cascade)
 
 

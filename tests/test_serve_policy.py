@@ -302,9 +302,9 @@ def test_a_tight_slo_may_use_all_its_slack_when_half_of_it_fits_nothing():
 
 def test_the_batcher_plans_for_the_offered_rate_refusals_included_and_forgets_it():
     class Recording(SlackFit):
-        def choose(self, profile, slack, waiting, arrival_rate=0.0):
+        def choose(self, profile, slack, waiting, arrival_rate=0.0, at_ceiling=False):
             self.rate = arrival_rate
-            return super().choose(profile, slack, waiting, arrival_rate)
+            return super().choose(profile, slack, waiting, arrival_rate, at_ceiling)
 
     policy = Recording()
     queue, clock = batcher(policy, max_queue=100)
@@ -323,6 +323,40 @@ def test_the_batcher_plans_for_the_offered_rate_refusals_included_and_forgets_it
     queue.submit('y', slo_s=1.0)
     queue.plan(clock.now)
     assert policy.rate < 3
+
+
+def test_at_its_ceiling_slackfit_serves_the_cheapest_width_and_the_baselines_keep_theirs():
+    choice = SlackFit().choose(PROFILE, 0.1, 50, at_ceiling=True)
+    assert (choice.width, choice.batch_size) == (0.25, 8)
+    choice = SlackFit().choose(PROFILE, 0.006, 50, at_ceiling=True)  # as many as width 0.25 answers in 6 ms
+    assert (choice.width, choice.batch_size) == (0.25, 2)
+    assert SlackFit().choose(PROFILE, 0.004, 1, at_ceiling=True) is None
+    assert Fixed(1.0).choose(PROFILE, 0.1, 50, at_ceiling=True).width == 1.0
+    assert MaxAccuracy().choose(PROFILE, 0.1, 5, at_ceiling=True).width == 1.0
+
+
+def test_after_turning_a_request_away_for_the_load_the_batcher_serves_the_cheapest_width_for_a_second():
+    queue, clock = batcher(max_queue=2)
+    queue.submit('a', slo_s=1.0)
+    assert queue.plan(clock.now)[0].width == 1.0  # light load: the most accurate width
+    for item in 'bcd':  # a few a second, but the queue holds two: 'd' is turned away
+        clock.now += 0.1
+        with contextlib.suppress(Refused):
+            queue.submit(item, slo_s=1.0)
+    assert queue.plan(clock.now)[0].width == 0.25
+    clock.now += 1.01  # the ceiling's hold is over
+    queue.submit('e', slo_s=1.0)
+    assert queue.plan(clock.now)[0].width == 1.0
+
+
+@pytest.mark.parametrize('slo_s, width', [(0.003, None), (0.009, 1.0)])
+def test_a_request_refused_for_its_own_impossible_slo_leaves_the_others_at_their_width(slo_s, width):
+    queue, clock = batcher()
+    with pytest.raises(Refused, match='no width can answer'):
+        queue.submit('impatient', slo_s=slo_s, width=width)  # width 0.25 takes 4.06 ms, 1.0 12.5 ms
+    assert not queue.ceiling(clock.now)
+    queue.submit('patient', slo_s=1.0)
+    assert queue.plan(clock.now)[0].width == 1.0
 
 
 def test_many_threads_submitting_while_the_model_thread_plans_each_get_their_own_answer_once():

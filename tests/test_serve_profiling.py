@@ -50,16 +50,17 @@ def test_a_stale_cached_profile_is_checked_and_the_server_plans_with_the_machine
     first.close()
     key = identity(runner, settings.batch_sizes)
     assert ProfileCache(tmp_path).load(key)['latency'] == first.profile.latency
-    # as if profiled on a machine three times faster than this one is now
+    # as if profiled on a machine six times faster than this one is now
     cache = ProfileCache(tmp_path)
     saved = cache.load(key)
-    cache.save(key, {c: s / 3 for c, s in saved['latency'].items()}, {c: s / 3 for c, s in saved['median'].items()},
+    cache.save(key, {c: s / 6 for c, s in saved['latency'].items()}, {c: s / 6 for c, s in saved['median'].items()},
                saved['macs'])
     again = Service(runner, settings, runner.accuracies(None))
     again.prepare()
-    assert again.error is None and again.profile.latency == {c: s / 3 for c, s in saved['latency'].items()}
-    # the check forwards found it about 3x slower (more where other work shares the machine, as in the suite)
-    assert again.batcher.slowdown() > 1.5
+    assert again.error is None and again.profile.latency == {c: s / 6 for c, s in saved['latency'].items()}
+    # the check forwards found it several times slower (by how much depends on what else shares the machine, as in
+    # the suite, while the first profile and the check forwards ran)
+    assert again.batcher.slowdown() > 2
     widths = again.widths_json()
     row = widths['profile'][0]
     assert widths['speed'] == pytest.approx(again.batcher.slowdown(), rel=0.05)

@@ -9,6 +9,7 @@ import binascii
 import contextlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -118,8 +119,10 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
 
     @app.get('/metrics')
     async def metrics():
-        return Response(service.metrics.exposition(len(service.batcher or ()), service.in_progress,
-                                                   service.batcher.slowdown() if service.batcher else 1.0),
+        batcher = service.batcher
+        return Response(service.metrics.exposition(len(batcher or ()), service.in_progress,
+                                                   batcher.slowdown() if batcher else 1.0,
+                                                   batcher is not None and batcher.ceiling(time.monotonic())),
                         media_type=service.metrics.content_type)
 
     @app.get('/stats')

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from dataclasses import replace
 from typing import Any, Callable, Optional
 
-from .estimators import ArrivalRate, EscalationShare, RecentPeak, Speed
+from .estimators import ArrivalRate, Ceiling, EscalationShare, RecentPeak, Speed
 from .planner import Planner
 from .policy import Policy, Profile, could_finish_in_time
 from .queue import Answer, Batch, Request, RequestQueue
@@ -68,7 +68,8 @@ class Batcher:
         self.arrivals = ArrivalRate()
         self.reserve_s = RecentPeak(clock)  # what an answer spends between its forward and leaving the server
         self.escalation = EscalationShare(profile.cascade)
-        self.planner = Planner(policy, self.speed, self.arrivals, self.reserve_s)
+        self.ceiling = Ceiling()  # whether the server turned requests away just now
+        self.planner = Planner(policy, self.speed, self.arrivals, self.reserve_s, self.ceiling)
         self.closed = False
         self.heartbeat = clock()
         self._sequence = 0
@@ -115,12 +116,13 @@ class Batcher:
             if self._thread.ident is not None and not self._thread.is_alive():
                 raise Refused('the model thread has stopped; the server is not ready', retry_after_s=1.0)
             if len(self.queue) >= self.max_queue:
-                self.arrivals.note_saturated(now)
+                self.overran(now)
                 raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time(now))
             self._sequence += 1
             request = Request(now + slo_s, self._sequence, item, width, now)
             if not self._could_finish_in_time(request, now):
-                self.arrivals.note_saturated(now)
+                if self._could_finish_on_an_idle_server(request, now):  # turned away for the load, not its own SLO
+                    self.overran(now)
                 raise Refused(f'no width can answer within {1e3 * slo_s:g} ms at the current load',
                               self._drain_time(now))
             self.queue.push(request)
@@ -134,6 +136,16 @@ class Batcher:
         return could_finish_in_time(self.profile, (request.deadline - now - self.reserve_s()) / factor,
                                     self.queue.due_before(request.deadline), max(0.0, self.busy_until - now) / factor,
                                     request.width)
+
+    def _could_finish_on_an_idle_server(self, request: Request, now: float) -> bool:
+        return could_finish_in_time(self.profile, (request.deadline - now) / self.speed.factor(), 0, 0.0,
+                                    request.width)
+
+    def overran(self, now: float) -> None:
+        """The server turned a request away for want of time at ``now`` (here, or before the batcher saw it): the
+        rate that did it is expected back, and the policy serves as at the server's ceiling for a while."""
+        self.arrivals.note_saturated(now)
+        self.ceiling.note(now)
 
     def _drain_time(self, now: float) -> float:
         """Seconds until the queue would be empty at the cheapest width: when to try again."""
@@ -166,7 +178,7 @@ class Batcher:
                 self._fail([self.queue.pop_head()], error)
             return None, dropped
         if any(r.fallback is None for r in dropped):
-            self.arrivals.note_saturated(now)
+            self.overran(now)
         if batch is not None:
             self.busy_until = now + self.speed.factor() * self.profile.typical(batch.width, len(batch.requests))
         return batch, dropped

@@ -16,6 +16,7 @@ from .policy import CascadePlan, Profile
 RATE_WINDOW_S = 0.5  # the arrival rate the controller plans for: requests offered over this last stretch
 SURGE_WINDOW_S = 0.1  # ... unless the last tenth of a second shows a surge that window cannot yet
 SATURATED_HALF_LIFE_S = 2.0  # how long a rate that overran the server is expected back
+CEILING_HOLD_S = 1.0  # after it last had to turn a request away, the server serves as at its ceiling this long
 OVERHEAD_WINDOW_S = 2.0  # the answers whose time outside the queue and the forward sets the reserve
 TRACK_S = 0.3  # the machine's speed follows what the forwards of about this last stretch took
 IDLE_GRACE_S = 1.0  # a server this long without a forward is idle, not slow ...
@@ -83,6 +84,23 @@ class ArrivalRate:
     def _forget(self, now: float) -> None:
         while self._arrivals and self._arrivals[0] < now - self.window_s:
             self._arrivals.popleft()
+
+
+class Ceiling:
+    """Whether the server is at its ceiling: it turned a request away (refused it, or dropped it unanswered) within
+    the last ``hold_s``, for want of time and not for its own impossible SLO. There every forward wider than the
+    cheapest takes the place of requests that will be turned away, whatever the profile says: the profile times the
+    forward alone, not the share of the CPU the HTTP side, the decoders and a co-located job take from it."""
+
+    def __init__(self, hold_s: float = CEILING_HOLD_S):
+        self.hold_s = hold_s
+        self._at = -math.inf  # one float, written whole: no lock
+
+    def note(self, now: float) -> None:
+        self._at = max(self._at, now)
+
+    def __call__(self, now: float) -> bool:
+        return now - self._at < self.hold_s
 
 
 class RecentPeak:

@@ -35,6 +35,8 @@ class Metrics:
                                  'or computed', registry=r)
         self.speed = Gauge('scalavit_speed_factor', 'How many times their profiled median the forwards take now, '
                            'machine-wide (above 1: slower than profiled)', registry=r)
+        self.at_ceiling = Gauge('scalavit_at_ceiling', 'Whether the server turned requests away within the last '
+                                'second (then an adaptive policy serves the cheapest width)', registry=r)
         self.forward_ratio = Histogram('scalavit_forward_vs_profile', "Each forward's time over its profiled median",
                                        buckets=(0.5, 0.75, 0.9, 1.1, 1.25, 1.5, 2, 3, 5), registry=r)
         self.live = LiveStats()
@@ -68,8 +70,9 @@ class Metrics:
         self.slo_misses.inc()
         self.live.refused()
 
-    def exposition(self, queue_length: int, in_progress: int, speed: float) -> bytes:
+    def exposition(self, queue_length: int, in_progress: int, speed: float, at_ceiling: bool) -> bytes:
         self.queue_length.set(queue_length)
+        self.at_ceiling.set(at_ceiling)
         self.in_progress.set(in_progress)
         self.speed.set(speed)
         return generate_latest(self.registry)

@@ -7,20 +7,21 @@ request. Requests whose deadline no width can meet any more are handed back to b
 """
 from typing import Optional
 
-from .estimators import ArrivalRate, RecentPeak, Speed
+from .estimators import ArrivalRate, Ceiling, RecentPeak, Speed
 from .policy import Choice, Policy, Profile
 from .queue import Batch, Request, RequestQueue
 
 
 class Planner:
-    def __init__(self, policy: Policy, speed: Speed, arrivals: ArrivalRate, reserve_s: RecentPeak):
-        self.policy, self.speed, self.arrivals, self.reserve_s = policy, speed, arrivals, reserve_s
+    def __init__(self, policy: Policy, speed: Speed, arrivals: ArrivalRate, reserve_s: RecentPeak,
+                 ceiling: Ceiling):
+        self.policy, self.speed, self.arrivals, self.reserve_s, self.ceiling = policy, speed, arrivals, reserve_s, ceiling
 
     def plan(self, queue: RequestQueue, profile: Profile, now: float, dropped: list[Request]) -> Optional[Batch]:
         """The next batch, taken off ``queue``; the requests found unanswerable on the way are moved to ``dropped``.
         None once the queue holds nothing that can still be answered."""
         queue.drop_cancelled()
-        factor, reserve_s = self.speed.factor(), self.reserve_s()
+        factor, reserve_s, at_ceiling = self.speed.factor(), self.reserve_s(), self.ceiling(now)
         while queue:
             head = queue.head
             waiting = queue.like_head()
@@ -34,7 +35,8 @@ class Planner:
             # the forwards run ``factor`` times slower than profiled now.
             choice = None
             for seconds in (min(slack, (head.deadline - head.arrival) / 2), slack):
-                choice = self._choose(profile, head, waiting, (seconds - reserve_s) / factor, rate * factor)
+                choice = self._choose(profile, head, waiting, (seconds - reserve_s) / factor, rate * factor,
+                                      at_ceiling)
                 if choice is not None:
                     break
             if choice is None:
@@ -62,9 +64,10 @@ class Planner:
         keeping_up = profile.batch_to_keep_up(width, rate)
         return waiting >= keeping_up > 1 and profile.latency[(width, keeping_up)] > slack
 
-    def _choose(self, profile: Profile, head: Request, waiting: int, slack: float, rate: float) -> Optional[Choice]:
+    def _choose(self, profile: Profile, head: Request, waiting: int, slack: float, rate: float,
+                at_ceiling: bool) -> Optional[Choice]:
         if head.width is None:
-            return self.policy.choose(profile, slack, waiting, rate)
+            return self.policy.choose(profile, slack, waiting, rate, at_ceiling)
         batch_size = profile.largest_batch_within(head.width, slack, waiting)
         return None if batch_size is None else Choice(head.width, batch_size)
 

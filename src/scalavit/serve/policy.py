@@ -165,9 +165,11 @@ class Choice:
 class Policy(Protocol):
     name: str
 
-    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0,
+               at_ceiling: bool = False) -> Optional[Choice]:
         """``arrival_rate``: requests a second arriving now, in the profile's time (what the server sees, scaled by
-        how much slower than profiled its forwards run)."""
+        how much slower than profiled its forwards run); ``at_ceiling``: the server turned requests away just now
+        (``estimators.Ceiling``)."""
 
 
 class SlackFit:
@@ -189,6 +191,11 @@ class SlackFit:
     A profile with a cascade offers it as one more option, costed at its expected latency and valued at its
     accuracy: under light load the full width wins, and as load grows the cascade can keep its accuracy at a cost
     between its stages'.
+
+    At the server's ceiling (it had to turn requests away just now) the cheapest width answers, as many as fit: there
+    any wider forward is paid for by requests turned away, and the profile cannot say how much, since it times the
+    forward alone and not the CPU a wider forward takes from the HTTP side or a co-located job. So SlackFit is never
+    worse than the smallest width alone, whatever the machine does.
     """
 
     name = 'slackfit'
@@ -196,7 +203,10 @@ class SlackFit:
     def __init__(self, headroom: float = 1.25):
         self.headroom = headroom
 
-    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0,
+               at_ceiling: bool = False) -> Optional[Choice]:
+        if at_ceiling:
+            return Fixed(profile.cheapest).choose(profile, slack, waiting)
         count = min(waiting, profile.max_batch_size)
         sizes = [count] + [b for b in reversed(profile.batch_sizes) if b < count]
         for size in sizes:
@@ -221,7 +231,8 @@ class MaxAccuracy:
 
     name = 'maxacc'
 
-    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0,
+               at_ceiling: bool = False) -> Optional[Choice]:
         width = profile.most_accurate
         return Choice(width, 1) if profile.latency[(width, 1)] <= slack else None
 
@@ -234,7 +245,8 @@ class Fixed:
         self.width = width
         self.name = f'fixed:{width:g}'
 
-    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0) -> Optional[Choice]:
+    def choose(self, profile: Profile, slack: float, waiting: int, arrival_rate: float = 0.0,
+               at_ceiling: bool = False) -> Optional[Choice]:
         batch = profile.largest_batch_within(self.width, slack, waiting)
         return None if batch is None else Choice(self.width, batch)
 
