@@ -202,6 +202,18 @@ def test_what_a_burst_taught_fades_so_the_server_accepts_again():
     queue.submit('after', slo_s=0.1)
 
 
+def test_an_idle_model_admits_what_the_profile_answers_in_time_whatever_the_speed_estimate_says():
+    queue, clock = batcher()
+    for _ in range(30):  # a burst left forwards of width 0.25 taking ten times their profile
+        queue.speed.observe(0.25, 1, 10 * PROFILE.typical(0.25, 1))
+    assert queue.slowdown() > 5
+    queue.submit('first', slo_s=0.03)  # 4.06 ms of profile, 40 ms as estimated: admitted, the model being idle
+    with pytest.raises(Refused, match='no width can answer'):
+        queue.submit('second', slo_s=0.03)  # behind the first, at the speed estimated
+    with pytest.raises(Refused):
+        queue.submit('impossible', slo_s=0.003)
+
+
 def test_one_slow_answer_does_not_shut_the_door():
     queue, clock = batcher()
     queue.note_overhead(5.0)  # one outlier: its client, its garbage collection, whatever it was

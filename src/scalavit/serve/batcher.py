@@ -120,7 +120,7 @@ class Batcher:
                 raise Refused(f'the queue is full ({self.max_queue} requests)', self._drain_time(now))
             self._sequence += 1
             request = Request(now + slo_s, self._sequence, item, width, now)
-            if not self._could_finish_in_time(request, now):
+            if not self._could_finish_in_time(request, now) and not self._idle_and_in_time_as_profiled(request, now):
                 if self._could_finish_on_an_idle_server(request, now):  # turned away for the load, not its own SLO
                     self.overran(now)
                 raise Refused(f'no width can answer within {1e3 * slo_s:g} ms at the current load',
@@ -136,6 +136,15 @@ class Batcher:
         return could_finish_in_time(self.profile, (request.deadline - now - self.reserve_s()) / factor,
                                     self.queue.due_before(request.deadline), max(0.0, self.busy_until - now) / factor,
                                     request.width)
+
+    def _idle_and_in_time_as_profiled(self, request: Request, now: float) -> bool:
+        """Nothing queued, the last batch typically done, and the request answerable in time at the profiled speed:
+        admitted now, it is answered next and delays no other, whatever the speed estimate says. (Refusing it too
+        would leave a speed estimate that ran away under a burst with no forward to correct it, and the server
+        refusing everything.)"""
+        return (not self.queue and now >= self.busy_until
+                and could_finish_in_time(self.profile, request.deadline - now - self.reserve_s(), 0, 0.0,
+                                         request.width))
 
     def _could_finish_on_an_idle_server(self, request: Request, now: float) -> bool:
         return could_finish_in_time(self.profile, (request.deadline - now) / self.speed.factor(), 0, 0.0,

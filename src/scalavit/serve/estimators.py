@@ -204,7 +204,8 @@ class Speed:
                 machine = self._current_log_factor(now)
                 fresh = {c: own - machine for c, (own, seen) in self._cells.items() if now - seen <= FRESH_S}
                 latency = {c: p95 * math.exp(fresh.get(c, 0.0)) for c, p95 in self.base.latency.items()}
-                self._profile, self._built_at = replace(self.base, latency=latency), now
+                self._profile = replace(self.base, latency=latency, cheapest_width=self.base.cheapest)
+                self._built_at = now
             return self._profile
 
     def observed(self) -> dict[tuple[float, int], float]:

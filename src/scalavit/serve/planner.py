@@ -15,7 +15,8 @@ from .queue import Batch, Request, RequestQueue
 class Planner:
     def __init__(self, policy: Policy, speed: Speed, arrivals: ArrivalRate, reserve_s: RecentPeak,
                  ceiling: Ceiling):
-        self.policy, self.speed, self.arrivals, self.reserve_s, self.ceiling = policy, speed, arrivals, reserve_s, ceiling
+        self.policy, self.speed, self.arrivals = policy, speed, arrivals
+        self.reserve_s, self.ceiling = reserve_s, ceiling
 
     def plan(self, queue: RequestQueue, profile: Profile, now: float, dropped: list[Request]) -> Optional[Batch]:
         """The next batch, taken off ``queue``; the requests found unanswerable on the way are moved to ``dropped``.

@@ -48,6 +48,7 @@ class Profile:
     accuracy: dict[float, float]  # width -> top-1 %
     cascade: Optional[CascadePlan] = None
     median: Optional[dict[tuple[float, int], float]] = None  # (width, batch size) -> median seconds
+    cheapest_width: Optional[float] = None  # a corrected profile keeps the measured one's (see ``cheapest``)
 
     def __post_init__(self):
         missing = sorted({(w, b) for w in self.widths for b in self.batch_sizes} - set(self.latency))
@@ -75,7 +76,13 @@ class Profile:
 
     @cached_property
     def cheapest(self) -> float:
-        return min(self.widths, key=lambda w: self.latency[(w, 1)])
+        """The width that answers the most requests a second at its best batch size: the server's fallback under
+        load (admission, the early drop, the ceiling). Chosen on the profile as measured, by its medians: a profile
+        corrected online keeps it (``cheapest_width``), since the few cells in use, timed under load, would
+        otherwise look slower than the idle ones beside them and hand the fallback to a wider width."""
+        if self.cheapest_width is not None:
+            return self.cheapest_width
+        return max(self.widths, key=lambda w: (self.typical_rate(w), -w))
 
     @cached_property
     def most_accurate(self) -> float:

@@ -306,6 +306,7 @@ class Service:
         return dict(
             policy=self.policy.name, backend=self.runner.backend, slo_ms=self.settings.slo_ms,
             widths=list(self.runner.widths), batch_sizes=measured.batch_sizes, speed=round(speed, 4),
+            reserve_ms=ms(self.batcher.reserve_s()), cheapest=planned.cheapest,
             profile=[dict(width=w, top1=measured.accuracy[w],
                           p95_ms={str(b): ms(measured.latency[(w, b)]) for b in measured.batch_sizes},
                           median_ms={str(b): ms(measured.typical(w, b)) for b in measured.batch_sizes},
