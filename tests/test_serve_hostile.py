@@ -3,6 +3,7 @@ slow and idle connections, header floods, odd and oversized images and garbage h
 still be ready, hold its memory within a bound, and give a normal request the right class; no answer is a 500 and
 nothing it prints is a traceback."""
 import asyncio
+import collections
 import io
 import json
 import random
@@ -137,12 +138,22 @@ def test_decoding_happens_off_the_event_loop_and_large_images_are_refused_before
     assert refused.status_code == 413 and '--max-pixels' in refused.json()['error']
 
 
+def test_more_concurrent_requests_than_connections_get_answers_or_503_never_a_reset(server, labelled_png):
+    answers = server.burst([labelled_png[0]] * 400)  # over --max-connections 256, all of them busy at once
+    statuses = collections.Counter(a.status_code for a in answers)
+    assert set(statuses) <= {200, 503} and statuses[200] > 0 and statuses[503] > 0, statuses
+    assert all(int(a.headers['retry-after']) >= 1 for a in answers if a.status_code == 503)
+    assert all('overloaded' in a.json()['error'] for a in answers if a.status_code == 503)
+
+
 def test_idle_connections_neither_lock_out_health_checks_nor_stay_open(server, still_serving):
-    idle = [server.connect() for _ in range(300)]
+    idle = [server.connect() for _ in range(200)]
     try:
-        time.sleep(0.5)
+        time.sleep(1.2)  # silent past the first second: idle, though not yet past --header-timeout 2
+        idle += [server.connect() for _ in range(100)]
+        time.sleep(0.3)
         closed = sum(read_response(connection, timeout=0.01) == b'' and connection_closed(connection)
-                     for connection in idle)
+                     for connection in idle[:200])
         assert closed >= 300 - 256  # --max-connections: the longest idle made room for the newest
         start = time.monotonic()
         assert httpx.get(f'{server.url}/health/live', timeout=5).status_code == 200

@@ -1,6 +1,7 @@
 """The Open Inference Protocol (KServe v2) of `scalavit serve`, spoken by NVIDIA's own client, tritonclient, to a real
 server: JSON and the binary tensor data extension, encoded images and preprocessed tensors."""
 import base64
+import json
 
 import numpy as np
 import pytest
@@ -100,3 +101,57 @@ def test_bad_requests_get_a_message(server, client, labelled_png):
                            'base64 strings')):
         response = server.post(body, 'application/json', path=f'/v2/models/{MODEL}/infer')
         assert response.status_code == 400 and message in response.json()['error'], response.text
+
+
+def image_json(**fields) -> dict:
+    return {'inputs': [{'name': 'image', 'datatype': 'BYTES', 'shape': [1], 'data': ['AAAA'], **fields}]}
+
+
+def pixels_json(values: list, shape=(1, 1, 28, 28)) -> dict:
+    return {'inputs': [{'name': 'pixel_values', 'datatype': 'FP32', 'shape': list(shape), 'data': values}]}
+
+
+HUGE = int('9' * 400)  # a JSON integer that no float holds
+PROBE = {  # what once got a 500 and a traceback, or a 200 with NaN inside, and the 400 each gets now
+    'no image in [0]': (image_json(shape=[0], data=[]), {}, 'holds no image'),
+    'no image in [0, C, H, W]': (pixels_json([], (0, 1, 28, 28)), {}, 'holds no image'),
+    'a 400-digit slo_ms': ({**image_json(), 'parameters': {'slo_ms': HUGE}}, {}, 'slo_ms must be a positive'),
+    'a 400-digit width': ({**image_json(), 'parameters': {'width': HUGE}}, {}, 'is not on the grid'),
+    "an input's parameters not an object": (image_json(parameters=5), {}, '"parameters" must be an object'),
+    "an output's parameters not an object": ({**image_json(), 'outputs': [{'name': 'labels', 'parameters': [1]}]},
+                                             {}, '"parameters" must be an object'),
+    'the request\'s parameters not an object': ({**image_json(), 'parameters': 'x'}, {},
+                                                '"parameters" must be an object'),
+    '"outputs": 5': ({**image_json(), 'outputs': 5}, {}, '"outputs" must be a list'),
+    "a header length of '²'": (image_json(), {'Inference-Header-Content-Length': '²'.encode('latin-1')},
+                               'is not a length'),  # a digit to str.isdigit, not to int()
+    'a header length of 5000 digits': (image_json(), {'Inference-Header-Content-Length': '9' * 5000},
+                                       'is not a length'),
+    'FP32 values of 3e38': (pixels_json([3e38] * 784), {}, 'finite numbers within'),
+    'binary_data_output "maybe"': ({**image_json(), 'parameters': {'binary_data_output': 'maybe'}}, {},
+                                   'binary_data_output must be true or false'),
+    'a shape of true': (image_json(shape=[True]), {}, 'shape must be a list of sizes'),
+}
+
+
+@pytest.mark.parametrize('request_json, headers, message', PROBE.values(), ids=PROBE.keys())
+def test_each_malformed_request_of_the_probe_gets_a_400_naming_its_problem(server, request_json, headers, message):
+    before = len(server.output)
+    response = server.post(json.dumps(request_json).encode(), 'application/json', path=f'/v2/models/{MODEL}/infer',
+                           **headers)
+    assert response.status_code == 400 and message in response.json()['error'], response.text
+    assert response.json()['error'].count('\n') == 0
+    assert not any('Traceback' in line for line in list(server.output)[before:])
+
+
+def test_binary_data_output_spelled_as_a_string_is_read_as_what_it_says(server, labelled_png):
+    png, label = labelled_png
+    body = {'inputs': [{'name': 'image', 'datatype': 'BYTES', 'shape': [1],
+                        'data': [base64.b64encode(png).decode()]}]}
+    for spelled, binary in (('false', False), ('False', False), ('true', True)):
+        response = server.post(json.dumps({**body, 'parameters': {'binary_data_output': spelled}}).encode(),
+                               'application/json', path=f'/v2/models/{MODEL}/infer')
+        assert response.status_code == 200
+        assert ('Inference-Header-Content-Length' in response.headers) == binary, spelled
+        if not binary:
+            assert response.json()['outputs'][0]['data'][0] == label

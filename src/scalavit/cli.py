@@ -440,8 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='seconds an idle connection stays open between requests')
     limits.add_argument('--max-header-bytes', type=int, default=32 * 1024, help="431 for a larger request head")
     limits.add_argument('--max-headers', type=int, default=100, help='431 for more header fields')
-    limits.add_argument('--max-connections', type=int, default=512,
-                        help='open connections at most; beyond, the one idle the longest is closed')
+    limits.add_argument('--max-connections', type=int, default=1024,
+                        help='open connections at most; beyond, the one idle the longest is closed, or the newcomer '
+                             'answered 503 when none is idle')
     limits.add_argument('--drain-timeout', type=float, default=10.0,
                         help='on SIGTERM: seconds for the requests in flight, then as many for the queue')
     serve.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')

@@ -3,7 +3,11 @@ the others up.
 
 uvicorn bounds keep-alive and shutdown; ``GuardedHttpToolsProtocol`` adds what a server reachable by others needs
 beyond that: a deadline for a request's head (request line and headers) and one for its body, a cap on the head's
-size and on its number of header fields, and a cap on open connections that closes the longest-idle one to make room.
+size and on its number of header fields, and a cap on open connections that closes the longest-idle one to make room,
+or, when every one is busy, answers the newcomer 503 with Retry-After once its request has arrived (never a reset).
+
+It extends uvicorn's ``HttpToolsProtocol`` (its parser callbacks, ``connections``, ``cycle``, ``transport``), which is
+not uvicorn's public API: pyproject.toml pins uvicorn to the versions tested with it.
 """
 import asyncio
 import http
@@ -18,6 +22,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 log = logging.getLogger('scalavit.serve')
 
+FIRST_BYTE_GRACE_S = 1.0  # a new connection silent for longer is idle (and the first to close to make room)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -26,7 +32,7 @@ class Limits:
     keep_alive_timeout_s: float = 5.0  # an idle connection between requests
     max_header_bytes: int = 32 * 1024
     max_headers: int = 100
-    max_connections: int = 512
+    max_connections: int = 1024  # above the application's own limit of requests in progress, which answers 503
     drain_timeout_s: float = 10.0  # on SIGTERM: for the requests in flight, then for the queue
 
     def __post_init__(self):
@@ -48,8 +54,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         self.limits: Limits = self.config.limits
-        self.in_head, self.head_bytes, self.refused = True, 0, False
-        self.idle_since: Optional[float] = time.monotonic()
+        self.in_head, self.head_bytes, self.refused, self.over_capacity = True, 0, False, False
+        # idle, for making room, from a second after it opened: a client in a burst sends its request at once
+        self.idle_since: Optional[float] = time.monotonic() + FIRST_BYTE_GRACE_S
         self.deadline: Optional[asyncio.TimerHandle] = None
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
         if len(self.connections) > self.limits.max_connections:
@@ -85,17 +92,23 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.headers) > self.limits.max_headers:
             self._refuse(431, f"the request has {len(self.headers)} header fields, over {self.limits.max_headers}")
             return
-        super().on_headers_complete()
+        if not self.over_capacity:  # else its body is read and dropped, and then it is answered 503
+            super().on_headers_complete()
         self._arm(self.limits.body_timeout_s, self._body_timed_out)
 
     def on_body(self, body: bytes) -> None:
-        if not self.refused:
+        if not (self.refused or self.over_capacity):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self.refused:
-            self._disarm()
-            super().on_message_complete()
+        if self.refused:
+            return
+        self._disarm()
+        if self.over_capacity:  # answered once its body is in: closing on unread data would reset the connection
+            self._refuse(503, f"overloaded: {len(self.connections)} connections open, over --max-connections "
+                              f"{self.limits.max_connections}; try again shortly", retry_after_s=1)
+            return
+        super().on_message_complete()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -130,22 +143,33 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _make_room(self) -> None:
-        """Over --max-connections: the connection idle the longest closes (a slow or silent client's, usually);
-        if every one is busy with a request, this new one does."""
-        idle = [c for c in self.connections if c is not self and getattr(c, 'idle_since', None) is not None]
-        oldest = min(idle, key=lambda c: c.idle_since) if idle else self
-        oldest.transport.close()
+        """Over --max-connections: the connection idle the longest closes (a silent client's, or one kept alive
+        between requests).
+        If every one is busy with a request, this new one is answered 503 once its request has arrived (within the
+        head's and the body's deadlines, the body dropped as it comes); past twice the cap it is closed at once, so
+        that the connections stay bounded."""
+        now = time.monotonic()
+        idle = [c for c in self.connections
+                if c is not self and getattr(c, 'idle_since', None) is not None and c.idle_since <= now]
+        if idle:
+            min(idle, key=lambda c: c.idle_since).transport.close()
+        elif len(self.connections) <= 2 * self.limits.max_connections:
+            self.over_capacity = True
+        else:
+            self.transport.close()
 
-    def _refuse(self, status: int, message: str) -> None:
+    def _refuse(self, status: int, message: str, retry_after_s: Optional[int] = None) -> None:
         """Answers ``status`` with a JSON error, as the application's errors are, and closes the connection."""
         self.refused = True
         self._disarm()
         if self.transport.is_closing():
             return
         body = json.dumps({'error': message}).encode()
-        self.transport.write(
-            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n".encode() + body)
+        headers = ['content-type: application/json', f'content-length: {len(body)}', 'connection: close']
+        if retry_after_s is not None:
+            headers.append(f'retry-after: {retry_after_s}')
+        head = '\r\n'.join([f'HTTP/1.1 {status} {http.HTTPStatus(status).phrase}', *headers, '', ''])
+        self.transport.write(head.encode() + body)
         self.transport.close()
         log.debug("refused a request with %d: %s", status, message)
 

@@ -97,7 +97,7 @@ async def read_body(request, limit: int) -> bytes:
     """The body of a Starlette request, refused with 413 as soon as it passes ``limit`` bytes (whatever
     Content-Length claims)."""
     declared = request.headers.get('content-length', '')
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and (len(declared) > 18 or int(declared) > limit):
         raise Problem(413, f"the body has {declared} bytes, over the limit of {limit} (--max-body-bytes)")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -222,7 +222,7 @@ class Service:
             return self.settings.slo_ms / 1e3
         try:
             value = float(milliseconds)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer of 400 digits
             value = math.nan
         if not 0 < value <= MAX_SLO_MS:
             raise Problem(400, f"{source} must be a positive number of milliseconds, at most {MAX_SLO_MS:g}; got "
@@ -235,7 +235,7 @@ class Service:
             return None
         try:
             return self.runner.model.grid.snap(float(value))
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise Problem(400, f"{source} {str(value)[:40]!r} is not on the grid; valid widths: "
                                f"{', '.join(f'{w:g}' for w in self.runner.widths)}") from None
 

@@ -25,6 +25,7 @@ from .service import Problem, Served, Service, read_body
 IMAGE, PIXELS = 'image', 'pixel_values'
 LABELS, PROBABILITIES = 'labels', 'probabilities'
 HEADER_LENGTH = 'inference-header-content-length'
+MAX_PIXEL_VALUE = 1e4  # beyond it a forward overflows into NaN: no preprocessed image comes near
 
 
 def v2_router(service: Service) -> APIRouter:
@@ -108,7 +109,7 @@ def parse_request(body: bytes, header_length: Optional[str]) -> dict:
     """The inference request's JSON, with each binary input's bytes put under its ``raw`` key."""
     if header_length is None:
         size = len(body)
-    elif header_length.isdigit() and int(header_length) <= len(body):
+    elif is_length(header_length) and int(header_length) <= len(body):
         size = int(header_length)
     else:
         raise Problem(400, f"Inference-Header-Content-Length {header_length[:20]!r} is not a length within the "
@@ -123,20 +124,55 @@ def parse_request(body: bytes, header_length: Optional[str]) -> dict:
     for tensor in inference['inputs']:
         if not isinstance(tensor, dict):
             raise Problem(400, 'each input must be an object with name, datatype, shape and data')
-        binary_size = (tensor.get('parameters') or {}).get('binary_data_size')
+        binary_size = parameters_of(tensor, f"input {str(tensor.get('name'))[:40]!r}").get('binary_data_size')
         if binary_size is not None:
-            if not isinstance(binary_size, int) or binary_size < 0 or offset + binary_size > len(body):
+            if not is_count(binary_size) or offset + binary_size > len(body):
                 raise Problem(400, f"input {str(tensor.get('name'))[:40]!r}: binary_data_size {binary_size!r} "
                                    f"runs past the body's {len(body)} bytes")
             tensor['raw'] = body[offset:offset + binary_size]
             offset += binary_size
-    if not isinstance(inference.get('parameters') or {}, dict):
-        raise Problem(400, 'the request\'s "parameters" must be an object')
-    for wanted in inference.get('outputs') or []:
+    parameters = parameters_of(inference, 'the request')
+    parameters['binary_data_output'] = flag(parameters.get('binary_data_output', False),
+                                            'the parameter binary_data_output')
+    outputs = inference.get('outputs') or []
+    if not isinstance(outputs, list):
+        raise Problem(400, f'"outputs" must be a list of objects naming {LABELS!r} or {PROBABILITIES!r}')
+    for wanted in outputs:
         if not isinstance(wanted, dict) or wanted.get('name') not in (LABELS, PROBABILITIES):
             raise Problem(400, f"unknown output {str(wanted)[:40]}; the outputs are {LABELS!r} and "
                                f"{PROBABILITIES!r}")
+        wanted_parameters = parameters_of(wanted, f"output {wanted['name']!r}")
+        wanted_parameters['binary_data'] = flag(wanted_parameters.get('binary_data', False),
+                                                f"output {wanted['name']!r}'s binary_data")
     return inference
+
+
+def is_length(text: str) -> bool:
+    """ASCII digits, few enough to be a length ('²' is a digit to ``str.isdigit``, 5000 digits overflow ``int``)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
+def is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 40
+
+
+def parameters_of(thing: dict, what: str) -> dict:
+    """``thing``'s parameters (set to {} where absent), refused unless an object."""
+    parameters = thing.get('parameters')
+    if parameters is None:
+        parameters = thing['parameters'] = {}
+    if not isinstance(parameters, dict):
+        raise Problem(400, f'{what}\'s "parameters" must be an object, got {str(parameters)[:40]}')
+    return parameters
+
+
+def flag(value: Any, what: str) -> bool:
+    """A boolean parameter: JSON true or false, or the strings 'true' and 'false' some clients send."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ('true', 'false'):
+        return value.lower() == 'true'
+    raise Problem(400, f"{what} must be true or false, got {str(value)[:20]!r}")
 
 
 def inputs(inference: dict, service: Service) -> list:
@@ -145,8 +181,10 @@ def inputs(inference: dict, service: Service) -> list:
         raise Problem(400, f"give one input, {IMAGE!r} (BYTES) or {PIXELS!r} (FP32); got {len(inference['inputs'])}")
     tensor = inference['inputs'][0]
     kind, datatype, shape = tensor.get('name'), tensor.get('datatype'), tensor.get('shape')
-    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n >= 0 for n in shape)):
+    if not (isinstance(shape, list) and shape and all(is_count(n) for n in shape)):
         raise Problem(400, f"input {str(kind)[:40]!r}: shape must be a list of sizes, got {str(shape)[:60]}")
+    if shape[0] < 1:
+        raise Problem(400, f"input {str(kind)[:40]!r}: shape {str(shape)[:60]} holds no image; give at least one")
     if kind == IMAGE and datatype == 'BYTES' and len(shape) == 1:
         files = bytes_elements(tensor, shape[0])
         return [lambda data=data: service.runner.preprocess(data, service.settings.max_pixels) for data in files]
@@ -194,8 +232,9 @@ def fp32_elements(tensor: dict, shape: list[int]) -> np.ndarray:
             raise Problem(400, f"input {PIXELS!r}: data must be {size} numbers") from None
         if values.size != size:
             raise Problem(400, f"input {PIXELS!r}: {values.size} numbers for shape {shape}, which needs {size}")
-    if not np.isfinite(values).all():
-        raise Problem(400, f"input {PIXELS!r}: the values must be finite numbers")
+    if not (np.isfinite(values).all() and np.abs(values).max(initial=0.0) <= MAX_PIXEL_VALUE):
+        raise Problem(400, f"input {PIXELS!r}: the values must be finite numbers within ±{MAX_PIXEL_VALUE:g} "
+                           "(normalized pixels lie within about ±10)")
     return values.astype(np.float32).reshape(shape)
 
 
@@ -205,12 +244,12 @@ def respond(inference: dict, model: str, served: list[Served], k: int) -> Respon
     probabilities = np.array([[p for _, p in s.output.top] for s in served], dtype=np.float32).reshape(len(served), k)
     available = {LABELS: ('BYTES', labels), PROBABILITIES: ('FP32', probabilities)}
     requested = inference.get('outputs') or [{'name': n} for n in available]
-    all_binary = bool((inference.get('parameters') or {}).get('binary_data_output', False))
+    all_binary = inference['parameters']['binary_data_output']
     outputs, blobs = [], []
     for wanted in requested:
         datatype, values = available[wanted['name']]
         output: dict[str, Any] = {'name': wanted['name'], 'datatype': datatype, 'shape': [len(served), k]}
-        if all_binary or (wanted.get('parameters') or {}).get('binary_data', False):
+        if all_binary or wanted.get('parameters', {}).get('binary_data', False):
             blob = (b''.join(struct.pack('<I', len(e)) + e for row in values for e in (s.encode() for s in row))
                     if datatype == 'BYTES' else values.astype('<f4').tobytes())
             output['parameters'] = {'binary_data_size': len(blob)}
