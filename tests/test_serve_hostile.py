@@ -5,7 +5,6 @@ nothing it prints is a traceback."""
 import asyncio
 import collections
 import io
-import json
 import random
 import signal
 import socket
@@ -54,7 +53,7 @@ def still_serving(server, labelled_png):
 
 
 def request_head(server, body_length: int, **headers) -> bytes:
-    lines = [f'POST /predict HTTP/1.1', f'Host: 127.0.0.1:{server.port}', 'Content-Type: image/png',
+    lines = ['POST /predict HTTP/1.1', f'Host: 127.0.0.1:{server.port}', 'Content-Type: image/png',
              f'Content-Length: {body_length}', *(f'{k.replace("_", "-")}: {v}' for k, v in headers.items())]
     return ('\r\n'.join(lines) + '\r\n\r\n').encode()
 
