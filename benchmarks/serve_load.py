@@ -10,7 +10,8 @@ send time (no coordinated omission); how late the client sent is reported, and a
 
 The same schedule runs against every policy, in rotated order, ``--repeats`` times; the doc reports the median and the
 spread over repeats. A policy ``slackfit+cascade:0.625,1`` is SlackFit with that cascade as one more choice
-(`scalavit serve --cascade 0.625,1`), on the same schedule as SlackFit alone. ``--screenshot PNG`` runs the first policy
+(`scalavit serve --cascade 0.625,1`), on the same schedule as SlackFit alone; ``fixed:0.25+switch:5`` runs its server
+with `--switch-interval-ms 5` (Python's default GIL switch interval) to compare with the server's own. ``--screenshot PNG`` runs the first policy
 once more, unmeasured, and photographs the server's live page (headless Chromium) at the end of the 4x phase. With ``--backends eager compiled onnxruntime`` every policy also runs on each backend of the
 server (`scalavit serve --compile`, `--onnxruntime`), on the same schedule: the full width's capacity is then the first
 backend's, so every backend meets the same offered load.
@@ -59,9 +60,16 @@ BACKEND_OPTIONS = {'eager': [], 'compiled': ['--compile'], 'onnxruntime': ['--on
 
 
 def policy_options(policy: str) -> list[str]:
-    """``slackfit+cascade:W1,W2``: SlackFit with that cascade as one more choice; any other: `--policy` as it is."""
-    policy, _, cascade = policy.partition('+cascade:')
-    return ['--policy', policy] + (['--cascade', cascade] if cascade else [])
+    """``slackfit+cascade:W1,W2``: SlackFit with that cascade as one more choice; ``POLICY+switch:MS``: the server's
+    GIL switch interval (`--switch-interval-ms`) for this run; any other: `--policy` as it is."""
+    policy, *extras = policy.split('+')
+    options = ['--policy', policy]
+    for extra in extras:
+        kind, _, value = extra.partition(':')
+        if kind not in ('cascade', 'switch') or not value:
+            raise ValueError(f"policy {policy}+{extra}: add +cascade:W1,W2 or +switch:MS")
+        options += ['--cascade' if kind == 'cascade' else '--switch-interval-ms', value]
+    return options
 
 
 def deployment_options(deployment: str) -> list[str]:
@@ -478,7 +486,7 @@ def simulate_beside(args, served: dict, trace: Trace, names: list[str]) -> dict:
     else:
         slowdown = Slowdown('steady', ((0.0, 1.0),))
     policies = {name: SlackFit() if name == 'slackfit' else Fixed(float(name.split(':')[1]))
-                for name in names if name == 'slackfit' or name.startswith('fixed:')}
+                for name in names if name == 'slackfit' or name.startswith('fixed:') and '+' not in name}
     results = {name: simulated(simulate(profile, policy, trace, slowdown, args.slo_ms / 1e3, args.seed),
                                profile.accuracy) for name, policy in policies.items()}
     return dict(results=results, bound=fluid_bound(profile, trace, slowdown, args.seed),

@@ -19,7 +19,7 @@ STRING_FORMS = {
     'max_queue': ('100', 100), 'max_body_bytes': ('1048576', 1048576), 'profile_repeats': ('5', 5),
     'max_pixels': ('1000000', 1000000), 'decode_threads': ('2', 2), 'stall_s': ('2.5', 2.5),
     'served_model_name': ('fashion', 'fashion'), 'profile_cache': ('/tmp/profiles', '/tmp/profiles'),
-    'use_profile_cache': ('no', False),
+    'use_profile_cache': ('no', False), 'switch_interval_ms': ('1', 1.0),
     'device': ('cuda:1', 'cuda:1'), 'model': ('scala_vit_tiny_patch7_56', 'scala_vit_tiny_patch7_56'),
     'backend': ('onnxruntime', 'onnxruntime'), 'compile_cache': ('/tmp/cache', '/tmp/cache'),
     'data': ('/data/images', '/data/images'), 'threads': ('3', 3), 'drain_timeout': ('4', 4.0),
@@ -28,7 +28,7 @@ STRING_FORMS = {
 }
 BAD_STRINGS = {
     'slo_ms': 'soon', 'max_batch_size': '16.5', 'max_queue': 'many', 'max_body_bytes': '1e', 'profile_repeats': '-1',
-    'max_pixels': '0', 'decode_threads': 'auto', 'stall_s': 'never', 'threads': '0', 'drain_timeout': '-4',
+    'max_pixels': '0', 'decode_threads': 'auto', 'stall_s': 'never', 'switch_interval_ms': '0', 'threads': '0', 'drain_timeout': '-4',
     'trust_checkpoint': 'maybe', 'use_profile_cache': 'sometimes', 'backend': 'tensorrt', 'replicas': 'two', 'min_replicas': '-1', 'max_replicas': '0',
 }
 

@@ -284,7 +284,7 @@ def _serve(args: argparse.Namespace) -> None:
     settings = Settings(args.slo_ms, args.policy, args.max_batch_size, args.max_queue, args.max_body_bytes,
                         args.profile_repeats, args.max_pixels, args.decode_threads,
                         served_model_name=args.served_model_name, profile_cache=args.profile_cache,
-                        use_profile_cache=args.use_profile_cache)
+                        use_profile_cache=args.use_profile_cache, switch_interval_ms=args.switch_interval_ms)
     limits = Limits(args.header_timeout, args.body_timeout, args.keep_alive_timeout, args.max_header_bytes,
                     args.max_headers, args.max_connections, args.drain_timeout)
     if args.compile and args.onnxruntime:
@@ -447,6 +447,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='on SIGTERM: seconds for the requests in flight, then as many for the queue')
     serve.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     serve.add_argument('--threads', type=int, help='torch threads for the forward (default: torch\'s)')
+    serve.add_argument('--switch-interval-ms', type=float, default=0.5,
+                       help="Python's GIL switch interval in the server (default 0.5; Python's own is 5): how long the "
+                            "event loop may hold the GIL while the model thread waits to go on with its forward")
     serve.add_argument('--profile-repeats', type=int, default=5,
                        help='timed calls per (width, batch size) when no cached profile fits (default 5)')
     serve.add_argument('--profile-cache', default='', metavar='DIR',

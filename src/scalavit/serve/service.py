@@ -9,6 +9,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import threading
 import time
 import warnings
@@ -44,10 +45,14 @@ class Settings:
     served_model_name: str = 'scalavit'  # the model's name in the Open Inference Protocol
     profile_cache: str = ''  # the folder of cached profiles ('': profiling.default_cache())
     use_profile_cache: bool = True  # False: measure at every start, cache nothing
+    # Python's GIL switch interval in this process. The model thread wants the GIL back after every kernel; with
+    # Python's default of 5 ms it may wait that long each time while the event loop runs, which under load made
+    # small forwards take several times their profile.
+    switch_interval_ms: float = 0.5
 
     def __post_init__(self):
         for name in ('slo_ms', 'max_batch_size', 'max_queue', 'max_body_bytes', 'profile_repeats', 'max_pixels',
-                     'stall_s'):
+                     'stall_s', 'switch_interval_ms'):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if not self.slo_ms <= MAX_SLO_MS:
@@ -137,6 +142,7 @@ class Service:
         """Prepares in the background, unless done already: liveness answers at once, readiness once the profile
         is measured."""
         if self.batcher is None and self.error is None:
+            sys.setswitchinterval(self.settings.switch_interval_ms / 1e3)
             threading.Thread(target=self.prepare, name='scalavit-profile', daemon=True).start()
 
     def prepare(self) -> None:
