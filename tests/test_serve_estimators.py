@@ -8,7 +8,7 @@ import time
 import pytest
 
 from scalavit.serve import Batcher, Profile, SlackFit
-from scalavit.serve.estimators import ArrivalRate, RecentPeak, Speed
+from scalavit.serve.estimators import ArrivalRate, Ceiling, RecentPeak, Speed
 
 MS = 1e-3
 WIDTHS, BATCHES = (0.25, 0.5, 1.0), (1, 2, 4, 8)
@@ -161,3 +161,13 @@ def test_a_surge_is_seen_within_a_tenth_of_a_second_but_poisson_noise_is_not():
         rate.note(0.52 + i * 0.001)
     assert rate(0.55) > 300
     assert math.isclose(ArrivalRate()(1.0), 0.0)
+
+
+def test_the_ceiling_holds_a_second_then_while_the_load_that_overran_the_server_stays_up_to_ten_seconds():
+    ceiling = Ceiling()
+    assert not ceiling(0.0, 500.0)  # never overran
+    ceiling.note(100.0, 200.0)  # turned a request away at 200 requests a second
+    assert ceiling(100.5, 0.0)  # the first second, whatever the load
+    assert ceiling(105.0, 170.0)  # the same load, within its noise, is still offered
+    assert not ceiling(105.0, 150.0)  # it fell
+    assert not ceiling(110.5, 200.0)  # ten seconds on, the server tries a wider width again

@@ -366,7 +366,7 @@ def test_a_request_refused_for_its_own_impossible_slo_leaves_the_others_at_their
     queue, clock = batcher()
     with pytest.raises(Refused, match='no width can answer'):
         queue.submit('impatient', slo_s=slo_s, width=width)  # width 0.25 takes 4.06 ms, 1.0 12.5 ms
-    assert not queue.ceiling(clock.now)
+    assert not queue.at_ceiling()
     queue.submit('patient', slo_s=1.0)
     assert queue.plan(clock.now)[0].width == 1.0
 

@@ -9,7 +9,6 @@ import binascii
 import contextlib
 import json
 import logging
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -122,7 +121,7 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
         batcher = service.batcher
         return Response(service.metrics.exposition(len(batcher or ()), service.in_progress,
                                                    batcher.slowdown() if batcher else 1.0,
-                                                   batcher is not None and batcher.ceiling(time.monotonic())),
+                                                   batcher is not None and batcher.at_ceiling()),
                         media_type=service.metrics.content_type)
 
     @app.get('/stats')

@@ -154,7 +154,11 @@ class Batcher:
         """The server turned a request away for want of time at ``now`` (here, or before the batcher saw it): the
         rate that did it is expected back, and the policy serves as at the server's ceiling for a while."""
         self.arrivals.note_saturated(now)
-        self.ceiling.note(now)
+        self.ceiling.note(now, self.arrivals.current(now))
+
+    def at_ceiling(self) -> bool:
+        now = self.clock()
+        return self.ceiling(now, self.arrivals.current(now))
 
     def _drain_time(self, now: float) -> float:
         """Seconds until the queue would be empty at the cheapest width: when to try again."""

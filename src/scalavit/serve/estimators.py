@@ -16,7 +16,9 @@ from .policy import CascadePlan, Profile
 RATE_WINDOW_S = 0.5  # the arrival rate the controller plans for: requests offered over this last stretch
 SURGE_WINDOW_S = 0.1  # ... unless the last tenth of a second shows a surge that window cannot yet
 SATURATED_HALF_LIFE_S = 2.0  # how long a rate that overran the server is expected back
-CEILING_HOLD_S = 1.0  # after it last had to turn a request away, the server serves as at its ceiling this long
+CEILING_HOLD_S = 1.0  # after it last had to turn a request away, the server serves as at its ceiling this long ...
+CEILING_MAX_HOLD_S = 10.0  # ... and up to this long while the load that overran it is still offered:
+CEILING_SAME_LOAD = 0.8  # at least this share of the rate it was turned away at (a 0.5 s rate is ~10% noisy at 200/s)
 OVERHEAD_WINDOW_S = 2.0  # the answers whose time outside the queue and the forward sets the reserve
 TRACK_S = 0.3  # the machine's speed follows what the forwards of about this last stretch took
 IDLE_GRACE_S = 1.0  # a server this long without a forward is idle, not slow ...
@@ -87,20 +89,27 @@ class ArrivalRate:
 
 
 class Ceiling:
-    """Whether the server is at its ceiling: it turned a request away (refused it, or dropped it unanswered) within
-    the last ``hold_s``, for want of time and not for its own impossible SLO. There every forward wider than the
-    cheapest takes the place of requests that will be turned away, whatever the profile says: the profile times the
-    forward alone, not the share of the CPU the HTTP side, the decoders and a co-located job take from it."""
+    """Whether the server is at its ceiling: it turned a request away (refused it, or dropped it unanswered) for want
+    of time, not for its own impossible SLO, within the last ``hold_s``; or within the last ``max_hold_s`` while the
+    offered rate is still at least ``still`` times the rate that overran it (the same load is still here).
 
-    def __init__(self, hold_s: float = CEILING_HOLD_S):
-        self.hold_s = hold_s
-        self._at = -math.inf  # one float, written whole: no lock
+    There every forward wider than the cheapest takes the place of requests that will be turned away, whatever the
+    profile says: the profile times the forward alone, not the share of the CPU the HTTP side, the decoders and a
+    co-located job take from it. Released after the first second, a server still under the same load would go wide
+    again and pay for it with the next wave of refusals; held for good, it would never learn that the load it
+    could not serve at a wider width has become one it can: after ``max_hold_s`` it tries again."""
 
-    def note(self, now: float) -> None:
-        self._at = max(self._at, now)
+    def __init__(self, hold_s: float = CEILING_HOLD_S, max_hold_s: float = CEILING_MAX_HOLD_S,
+                 still: float = CEILING_SAME_LOAD):
+        self.hold_s, self.max_hold_s, self.still = hold_s, max_hold_s, still
+        self._last = (-math.inf, 0.0)  # (when, offered rate): one tuple, replaced whole, so no lock
 
-    def __call__(self, now: float) -> bool:
-        return now - self._at < self.hold_s
+    def note(self, now: float, rate: float) -> None:
+        self._last = (now, rate)
+
+    def __call__(self, now: float, rate: float) -> bool:
+        at, overran_at = self._last
+        return now - at < self.hold_s or (now - at < self.max_hold_s and rate >= self.still * overran_at)
 
 
 class RecentPeak:

@@ -22,7 +22,8 @@ class Planner:
         """The next batch, taken off ``queue``; the requests found unanswerable on the way are moved to ``dropped``.
         None once the queue holds nothing that can still be answered."""
         queue.drop_cancelled()
-        factor, reserve_s, at_ceiling = self.speed.factor(), self.reserve_s(), self.ceiling(now)
+        factor, reserve_s = self.speed.factor(), self.reserve_s()
+        at_ceiling = self.ceiling(now, self.arrivals.current(now))
         while queue:
             head = queue.head
             waiting = queue.like_head()
