@@ -145,6 +145,27 @@ def test_more_concurrent_requests_than_connections_get_answers_or_503_never_a_re
     assert all('overloaded' in a.json()['error'] for a in answers if a.status_code == 503)
 
 
+def gone_away(server) -> int:
+    metrics = httpx.get(f'{server.url}/metrics').text
+    return sum(float(line.split()[-1]) for line in metrics.splitlines()
+               if line.startswith('scalavit_requests_total{') and 'status="400"' in line)
+
+
+def test_clients_that_go_away_while_queued_have_their_work_given_up(server, labelled_png, still_serving):
+    before = gone_away(server)
+    image = png(Image.new('L', (2000, 2000), 128))  # a second or so of decoding each on this server's pool
+    connections = [server.connect() for _ in range(40)]
+    for connection in connections:
+        connection.sendall(request_head(server, len(image), X_SLO_Ms='30000') + image)
+    time.sleep(0.2)
+    for connection in connections:  # all gone before most were decoded
+        connection.close()
+    deadline = time.monotonic() + 30
+    while gone_away(server) - before < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert gone_away(server) - before >= 20  # answered 400 (to no one) at once, rather than decoded and computed
+
+
 def test_idle_connections_neither_lock_out_health_checks_nor_stay_open(server, still_serving):
     idle = [server.connect() for _ in range(200)]
     try:

@@ -155,3 +155,19 @@ def test_binary_data_output_spelled_as_a_string_is_read_as_what_it_says(server, 
         assert ('Inference-Header-Content-Length' in response.headers) == binary, spelled
         if not binary:
             assert response.json()['outputs'][0]['data'][0] == label
+
+
+def test_the_model_configuration_the_repository_index_and_triton_shaped_bytes(client, labelled_png):
+    config = client.get_model_config(MODEL)
+    assert config['name'] == MODEL and config['max_batch_size'] == 8
+    assert {(t['name'], t['data_type']) for t in config['input']} == {('image', 'TYPE_STRING'),
+                                                                      ('pixel_values', 'TYPE_FP32')}
+    assert client.get_model_repository_index() == [{'name': MODEL, 'version': '1', 'state': 'READY'}]
+    assert 'model_configuration' in client.get_server_metadata()['extensions']
+    with pytest.raises(InferenceServerException, match="no model named 'other'"):
+        client.get_model_config('other')
+    png, label = labelled_png
+    tensor = triton.InferInput('image', [1, 1], 'BYTES')  # Triton's usual dims for a batch of strings
+    tensor.set_data_from_numpy(np.array([[png]], dtype=np.object_), binary_data=True)
+    result = client.infer(MODEL, [tensor], outputs=outputs(True))
+    assert result.as_numpy('labels')[0][0].decode() == label

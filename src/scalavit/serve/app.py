@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from .service import Problem, Served, Service, read_body
+from .service import Problem, Served, Service, read_body, unless_disconnected
 from .stats import WINDOW_S
 
 # One self-contained file (no library, nothing fetched from elsewhere), read once.
@@ -35,8 +35,34 @@ def error(status: int, message: str, headers: Optional[dict] = None) -> JSONResp
     return JSONResponse({'error': message}, status_code=status, headers=headers)
 
 
-def problem_response(problem: Problem) -> JSONResponse:
-    return error(problem.status, str(problem), problem.headers)
+def is_inference(path: str) -> bool:
+    return path in ('/predict', '/predict/widths') or path.startswith('/v2/models/') and path.endswith('/infer')
+
+
+class CountAnswers:
+    """Counts the status of every inference request's answer in the metrics, whatever answered it: the route, the
+    one error handler, the framework (404, 405), or an unforeseen error (500)."""
+
+    def __init__(self, app, metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope['type'] != 'http' or not is_inference(scope['path']):
+            return await self.app(scope, receive, send)
+        started = False
+
+        async def counting(message):
+            nonlocal started
+            if message['type'] == 'http.response.start':
+                started = True
+                self.metrics.responded(message['status'])
+            await send(message)
+        try:
+            await self.app(scope, receive, counting)
+        except Exception:
+            if not started:  # answered 500 by the outermost handler, past this middleware
+                self.metrics.responded(500)
+            raise
 
 
 def content_type(request: Request) -> str:
@@ -93,6 +119,7 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
     app = FastAPI(title='scalavit', lifespan=lifespan)
     app.include_router(v2_router(service))
     add_error_handlers(app)
+    app.add_middleware(CountAnswers, metrics=service.metrics)
 
     @app.get('/', response_class=HTMLResponse)
     async def page():
@@ -137,26 +164,15 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
 
     @app.post('/predict')
     async def predict(request: Request):
-        try:
-            response = JSONResponse(prediction(await answer(request), service.cascade and service.cascade.widths))
-        except Problem as problem:
-            response = problem_response(problem)
-        service.metrics.responded(response.status_code)
-        return response
+        return prediction(await answer(request), service.cascade and service.cascade.widths)
 
     @app.post('/predict/widths')
     async def predict_at_every_width(request: Request):
         """The image answered at every width of the grid, side by side (each width a request of its own)."""
-        try:
-            with service.admitted():
-                slo_s = service.slo_s(request.headers.get('x-slo-ms'))
-                answers = await service.infer_at_every_width(await preparer(request), slo_s)
-            response = JSONResponse({'widths': [at_width(w, a, service.macs[w]) for w, a in zip(service.runner.widths,
-                                                                                                  answers)]})
-        except Problem as problem:
-            response = problem_response(problem)
-        service.metrics.responded(response.status_code)
-        return response
+        with service.admitted():
+            slo_s = service.slo_s(request.headers.get('x-slo-ms'))
+            answers = await service.infer_at_every_width(await preparer(request), slo_s)
+        return {'widths': [at_width(w, a, service.macs[w]) for w, a in zip(service.runner.widths, answers)]}
 
     def at_width(width: float, answer, macs: int) -> dict:
         if isinstance(answer, Problem):
@@ -174,7 +190,8 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
         with service.admitted():
             slo_s = service.slo_s(request.headers.get('x-slo-ms'))
             width = service.width(request.headers.get('x-width'))
-            return await service.infer(await preparer(request), slo_s, width)
+            prepare = await preparer(request)
+            return await unless_disconnected(request, service.infer(prepare, slo_s, width))
 
     return app
 
@@ -182,6 +199,10 @@ def create_app(service: Service, drain_timeout_s: Optional[float] = None) -> Fas
 def add_error_handlers(app: FastAPI) -> None:
     """Every error as ``{"error": ...}``: the framework's own (404, 405, a malformed form), a client gone mid-body,
     and anything unforeseen (500, with its traceback in the log: that is a bug of ours)."""
+
+    @app.exception_handler(Problem)
+    async def refused(request: Request, problem: Problem):
+        return error(problem.status, str(problem), problem.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, problem: HTTPException):

@@ -1,5 +1,5 @@
-"""One inference request, whatever protocol carried it: admitted within a bound, decoded off the event loop, given its
-deadline once its image is ready, queued for the model thread, and awaited with a deadline of its own.
+"""One inference request, whatever protocol carried it: admitted within a bound, decoded off the event loop (its deadline
+counted from when it asked to be decoded), queued for the model thread, and awaited with a deadline of its own.
 
 ``Service`` holds the runner, its latency profile and the batcher, made ready in the background so that liveness
 answers at once; the HTTP routes (``app``, ``v2``) only parse and format.
@@ -16,7 +16,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Awaitable, Callable, Iterator, Optional, TypeVar
 
 from PIL import Image
 
@@ -28,6 +28,7 @@ from .profiling import ProfileCache, check_forwards, default_cache, identity
 
 log = logging.getLogger('scalavit.serve')
 
+T = TypeVar('T')
 MAX_SLO_MS = 60_000.0  # a deadline further off than a minute is no deadline; it would also hold the request that long
 
 
@@ -111,6 +112,28 @@ async def read_body(request, limit: int) -> bytes:
             raise Problem(413, f"the body is over the limit of {limit} bytes (--max-body-bytes)")
         chunks.append(chunk)
     return b''.join(chunks)
+
+
+async def unless_disconnected(request, work: Awaitable[T]) -> T:
+    """``work`` (the answer to a request whose body has been read), given up as soon as its client disconnects:
+    its place in the decoding pool and in the model's queue go to the others."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if not task.done():
+        task.cancel()
+        log.debug("a client went away while waiting for its answer; its work is given up")
+        raise Problem(400, 'the client went away before its answer')
+    return task.result()
+
+
+async def _disconnect(request) -> None:
+    """Returns once the client of ``request`` (whose body was read) has gone."""
+    while (await request.receive())['type'] != 'http.disconnect':
+        pass
 
 
 def usable_cores() -> int:
@@ -246,21 +269,34 @@ class Service:
                                f"{', '.join(f'{w:g}' for w in self.runner.widths)}") from None
 
     async def infer(self, prepare: Callable[[], Any], slo_s: float, width: Optional[float]) -> Served:
-        """``prepare()`` (run in the decoding pool) makes the model's input; its deadline is ``slo_s`` from then."""
-        item, start, ready = await self._decode(prepare)
+        """``prepare()`` (run in the decoding pool) makes the model's input; the answer is due ``slo_s`` after it
+        was handed to the pool."""
+        item, start, ready = await self._decode(prepare, slo_s)
         return await self._served(item, start, ready, slo_s, width)
 
     async def infer_at_every_width(self, prepare: Callable[[], Any], slo_s: float) -> list[Served | Problem]:
         """One image answered at every width of the grid, each a request of its own pinned to its width (the
         batcher refuses those that cannot be answered in time), decoded once."""
-        item, start, ready = await self._decode(prepare)
+        item, start, ready = await self._decode(prepare, slo_s)
         return await asyncio.gather(*(self._served(item, start, ready, slo_s, w) for w in self.runner.widths),
                                     return_exceptions=True)
 
-    async def _decode(self, prepare: Callable[[], Any]) -> tuple[Any, float, float]:
+    async def _decode(self, prepare: Callable[[], Any], slo_s: float) -> tuple[Any, float, float]:
+        """``prepare()`` in the decoding pool, unless it waited there longer than the SLO: decoding it then would
+        only make the images queued behind it late too. (A request that ends before its turn, cancelled or gone,
+        takes its place in the pool's queue with it.)"""
         start = time.monotonic()
+
+        def in_time():
+            if time.monotonic() - start > slo_s:
+                raise Problem(503, f"overloaded: the image waited over {1e3 * slo_s:g} ms to be decoded; try again "
+                                   "shortly", 1.0)
+            return prepare()
         try:
-            item = await asyncio.get_running_loop().run_in_executor(self.decoder, prepare)
+            item = await asyncio.get_running_loop().run_in_executor(self.decoder, in_time)
+        except Problem:
+            self.metrics.refused('decode_queue')
+            raise
         except ImageTooLarge as error:
             raise Problem(413, str(error)) from None
         except UnsupportedImage as error:
@@ -272,10 +308,18 @@ class Service:
         return item, start, ready
 
     async def _served(self, item: Any, start: float, ready: float, slo_s: float, width: Optional[float]) -> Served:
-        answer = await self._answer(item, slo_s, width)
+        """The request's deadline is ``slo_s`` from ``start``, when it asked to be decoded: the time it waited
+        for the decoding pool and took there is the client's too, so the batcher plans with what is left."""
+        left_s = slo_s - (ready - start)
+        if left_s <= 0:
+            self.metrics.refused('decode_queue')
+            raise Problem(503, f"overloaded: decoding the image took the whole SLO ({1e3 * slo_s:g} ms); try again "
+                               "shortly", 1.0)
+        answer = await self._answer(item, left_s, width)
         elapsed = time.monotonic() - ready
         self.batcher.note_overhead(elapsed - answer.queue_s - answer.compute_s)
-        self.metrics.answered(elapsed, answer.queue_s, answer.width, missed=elapsed > slo_s, stage=answer.stage)
+        self.metrics.answered(time.monotonic() - start, answer.queue_s, answer.width,
+                              missed=elapsed > left_s, stage=answer.stage)
         return Served(answer.output, answer.width, answer.batch_size, ready - start, answer.queue_s,
                       answer.compute_s, slo_s, answer.stage)
 

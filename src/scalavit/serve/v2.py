@@ -1,8 +1,8 @@
 """The Open Inference Protocol (KServe v2, as Triton, KServe, MLServer and Seldon speak it) over the same service as
 ``/predict``, with the binary tensor data extension.
 
-One model, named by ``--served-model-name``. Inputs: ``image`` (BYTES, shape [N]: encoded image files; in JSON each
-as a base64 string) or ``pixel_values`` (FP32, shape [N, C, H, W]: already preprocessed as the model expects).
+One model, named by ``--served-model-name``. Inputs: ``image`` (BYTES, shape [N] or [N, 1]: encoded image files; in
+JSON each as a base64 string) or ``pixel_values`` (FP32, shape [N, C, H, W]: already preprocessed as the model expects).
 Outputs: ``labels`` (BYTES, [N, k]) and ``probabilities`` (FP32, [N, k]), the top k. Request parameters ``width``
 (pin a grid width) and ``slo_ms``; response parameters ``width`` (the narrowest that answered an image of the
 request), ``batch_size`` (the largest batch one of them was answered in) and the times in milliseconds.
@@ -20,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import __version__
-from .service import Problem, Served, Service, read_body
+from .service import Problem, Served, Service, read_body, unless_disconnected
 
 IMAGE, PIXELS = 'image', 'pixel_values'
 LABELS, PROBABILITIES = 'labels', 'probabilities'
@@ -45,7 +45,8 @@ def v2_router(service: Service) -> APIRouter:
 
     @router.get('')
     async def server_metadata():
-        return {'name': 'scalavit', 'version': __version__, 'extensions': ['binary_tensor_data']}
+        return {'name': 'scalavit', 'version': __version__,
+                'extensions': ['binary_tensor_data', 'model_configuration']}
 
     @router.get('/health/live')
     async def live():
@@ -71,36 +72,60 @@ def v2_router(service: Service) -> APIRouter:
             return missing
         return Response(status_code=200 if service.not_ready() is None else 503)
 
+    async def model_config(model: str, version: Optional[str] = None):
+        """Triton's model configuration extension, as `tritonclient`'s ``get_model_config`` reads it."""
+        if (missing := unknown(model, version)) is not None:
+            return missing
+        runner, k = service.runner, service.runner.top_k
+        return {'name': name, 'platform': 'pytorch_scalavit', 'backend': runner.backend,
+                'max_batch_size': service.settings.max_batch_size,
+                'input': [{'name': IMAGE, 'data_type': 'TYPE_STRING', 'dims': [1]},
+                          {'name': PIXELS, 'data_type': 'TYPE_FP32', 'dims': list(runner.input_size)}],
+                'output': [{'name': LABELS, 'data_type': 'TYPE_STRING', 'dims': [k]},
+                           {'name': PROBABILITIES, 'data_type': 'TYPE_FP32', 'dims': [k]}],
+                'parameters': {'widths': {'string_value': ','.join(f'{w:g}' for w in runner.widths)},
+                               'slo_ms': {'string_value': f'{service.settings.slo_ms:g}'}}}
+
+    @router.post('/repository/index')
+    async def repository_index():
+        """The one model this server serves and its state (what `tritonclient`'s ``get_model_repository_index``
+        lists)."""
+        reason = service.not_ready()
+        return [{'name': name, 'version': '1', 'state': 'READY' if reason is None else 'UNAVAILABLE',
+                 **({} if reason is None else {'reason': reason})}]
+
     async def infer(request: Request, model: str, version: Optional[str] = None):
         if (missing := unknown(model, version)) is not None:
             return missing
-        try:
-            with service.admitted():
-                response = await answer(request)
-        except Problem as failed:
-            response = JSONResponse({'error': str(failed)}, status_code=failed.status, headers=failed.headers)
-        service.metrics.responded(response.status_code)
-        return response
+        with service.admitted():
+            return await answer(request)
 
     for path in model_paths:
         router.add_api_route(path, model_metadata, methods=['GET'])
         router.add_api_route(path + '/ready', model_ready, methods=['GET'])
+        router.add_api_route(path + '/config', model_config, methods=['GET'])
         router.add_api_route(path + '/infer', infer, methods=['POST'])
 
     async def answer(request: Request) -> Response:
         body = await read_body(request, service.settings.max_body_bytes)
-        header_length = request.headers.get(HEADER_LENGTH)
-        loop = asyncio.get_running_loop()
-        inference = await loop.run_in_executor(service.decoder, parse_request, body, header_length)
-        parameters = inference.get('parameters') or {}
+        return await unless_disconnected(request, answer_body(body, request.headers.get(HEADER_LENGTH)))
+
+    async def answer_body(body: bytes, header_length: Optional[str]) -> Response:
+        # JSON, base64 and the tensors' conversion in the decoding pool: a large body would hold up the event loop
+        inference, items = await asyncio.get_running_loop().run_in_executor(
+            service.decoder, parse_with_inputs, body, header_length, service)
+        parameters = inference['parameters']
         slo_s = service.slo_s(parameters.get('slo_ms'), 'the parameter slo_ms')
         width = service.width(parameters.get('width'), 'the parameter width')
-        items = inputs(inference, service)
         if len(items) > service.settings.max_batch_size:
             raise Problem(400, f"a request holds at most {service.settings.max_batch_size} images "
                                f"(--max-batch-size), this one {len(items)}")
-        served = await asyncio.gather(*(service.infer(item, slo_s, width) for item in items))
-        return respond(inference, name, served, service.runner.top_k)
+        try:  # the first image refused cancels the others' decodes and forwards: the answer is that refusal
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(service.infer(item, slo_s, width)) for item in items]
+        except* Problem as refused:
+            raise refused.exceptions[0] from None
+        return respond(inference, name, [task.result() for task in tasks], service.runner.top_k)
 
     return router
 
@@ -175,6 +200,11 @@ def flag(value: Any, what: str) -> bool:
     raise Problem(400, f"{what} must be true or false, got {str(value)[:20]!r}")
 
 
+def parse_with_inputs(body: bytes, header_length: Optional[str], service: Service) -> tuple[dict, list]:
+    inference = parse_request(body, header_length)
+    return inference, inputs(inference, service)
+
+
 def inputs(inference: dict, service: Service) -> list:
     """One ``prepare`` callable per image, for the service's decoding pool."""
     if len(inference['inputs']) != 1:
@@ -185,7 +215,7 @@ def inputs(inference: dict, service: Service) -> list:
         raise Problem(400, f"input {str(kind)[:40]!r}: shape must be a list of sizes, got {str(shape)[:60]}")
     if shape[0] < 1:
         raise Problem(400, f"input {str(kind)[:40]!r}: shape {str(shape)[:60]} holds no image; give at least one")
-    if kind == IMAGE and datatype == 'BYTES' and len(shape) == 1:
+    if kind == IMAGE and datatype == 'BYTES' and (len(shape) == 1 or shape[1:] == [1]):  # [N] or Triton's [N, 1]
         files = bytes_elements(tensor, shape[0])
         return [lambda data=data: service.runner.preprocess(data, service.settings.max_pixels) for data in files]
     expected = list(service.runner.input_size)
@@ -193,7 +223,8 @@ def inputs(inference: dict, service: Service) -> list:
         pixels = fp32_elements(tensor, shape)
         return [lambda image=image: torch.from_numpy(image.copy()) for image in pixels]
     raise Problem(400, f"input {str(kind)[:40]!r} of {str(datatype)[:10]} {str(shape)[:60]}: give {IMAGE!r} as "
-                       f"BYTES [N] (encoded image files) or {PIXELS!r} as FP32 [N, {', '.join(map(str, expected))}]")
+                       f"BYTES [N] or [N, 1] (encoded image files) or {PIXELS!r} as FP32 "
+                       f"[N, {', '.join(map(str, expected))}]")
 
 
 def bytes_elements(tensor: dict, count: int) -> list[bytes]:
@@ -214,7 +245,7 @@ def bytes_elements(tensor: dict, count: int) -> list[bytes]:
         except (ValueError, binascii.Error):
             raise Problem(400, f"input {IMAGE!r}: each JSON element must be the base64 of an image file") from None
     if len(elements) != count:
-        raise Problem(400, f"input {IMAGE!r}: shape [{count}] but {len(elements)} elements")
+        raise Problem(400, f"input {IMAGE!r}: {count} images in its shape but {len(elements)} elements")
     return elements
 
 
