@@ -147,6 +147,8 @@ class Batcher:
                                          request.width))
 
     def _could_finish_on_an_idle_server(self, request: Request, now: float) -> bool:
+        """Whether the request would have been answered in time with nothing ahead of it: if so, it was refused
+        for the load, not for its own SLO."""
         return could_finish_in_time(self.profile, (request.deadline - now) / self.speed.factor(), 0, 0.0,
                                     request.width)
 
