@@ -171,3 +171,5 @@ def test_the_ceiling_holds_a_second_then_while_the_load_that_overran_the_server_
     assert ceiling(105.0, 170.0)  # the same load, within its noise, is still offered
     assert not ceiling(105.0, 150.0)  # it fell
     assert not ceiling(110.5, 200.0)  # ten seconds on, the server tries a wider width again
+    ceiling.note(200.0, 0.0)  # no rate seen: nothing to call the same load
+    assert ceiling(200.5, 0.0) and not ceiling(201.5, 0.0)

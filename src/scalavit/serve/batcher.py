@@ -153,10 +153,16 @@ class Batcher:
                                     request.width)
 
     def overran(self, now: float) -> None:
-        """The server turned a request away for want of time at ``now`` (here, or before the batcher saw it): the
-        rate that did it is expected back, and the policy serves as at the server's ceiling for a while."""
+        """The server turned a request away for want of time at ``now``: the rate that did it is expected back, and
+        the policy serves as at the server's ceiling for a while."""
         self.arrivals.note_saturated(now)
         self.ceiling.note(now, self.arrivals.current(now))
+
+    def turned_away(self) -> None:
+        """A request refused before it reached the batcher (too many in progress): offered load all the same."""
+        now = self.clock()
+        self.arrivals.note(now)
+        self.overran(now)
 
     def at_ceiling(self) -> bool:
         now = self.clock()

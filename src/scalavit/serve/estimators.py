@@ -109,7 +109,7 @@ class Ceiling:
 
     def __call__(self, now: float, rate: float) -> bool:
         at, overran_at = self._last
-        return now - at < self.hold_s or (now - at < self.max_hold_s and rate >= self.still * overran_at)
+        return now - at < self.hold_s or (now - at < self.max_hold_s and rate >= self.still * overran_at > 0)
 
 
 class RecentPeak:

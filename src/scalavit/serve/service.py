@@ -237,7 +237,7 @@ class Service:
             raise Problem(503, f"not ready: {self.not_ready()}", 1.0)
         if self.in_progress >= self.settings.max_in_progress:
             self.metrics.refused('in_progress')
-            self.batcher.overran(time.monotonic())
+            self.batcher.turned_away()
             raise Problem(503, f"overloaded: {self.in_progress} requests in progress; try again shortly", 1.0)
         self.in_progress += 1
         try:
